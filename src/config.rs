@@ -1,0 +1,129 @@
+//! Command line and environment configuration. Every flag has a `TEND_*` form.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tend",
+    version,
+    about = "Keeps long-lived workspaces honest and alive"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller.
+    Run(Box<RunArgs>),
+    /// Print the Workspace CustomResourceDefinition as YAML.
+    Crd,
+    /// Print the version.
+    Version,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 60s, 5m or 1h30m)"))
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "TEND_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// AWS region for Workspaces that name none (default: the AWS SDK's region chain).
+    #[arg(long, env = "TEND_REGION")]
+    pub region: Option<String>,
+
+    /// EC2 endpoint URL, e.g. for moto or LocalStack. AWS_ENDPOINT_URL_EC2 also works.
+    #[arg(long, env = "TEND_EC2_ENDPOINT")]
+    pub ec2_endpoint: Option<String>,
+
+    /// Name of this cluster, written to the tend.dev/cluster tag of every resource
+    /// tend creates and required on every resource it changes.
+    #[arg(long, env = "TEND_CLUSTER_NAME", default_value = "default")]
+    pub cluster_name: String,
+
+    /// Address of the HTTP port serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "TEND_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "TEND_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// How many Workspaces are reconciled at once.
+    #[arg(long, env = "TEND_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+
+    /// Timeout of each AWS call.
+    #[arg(long, env = "TEND_PROBE_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub probe_timeout: Duration,
+
+    /// How long after launch a missing instance is still taken for EC2's
+    /// eventual consistency rather than proof of death.
+    #[arg(long, env = "TEND_NOT_FOUND_GRACE", value_parser = duration, default_value = "5m")]
+    pub not_found_grace: Duration,
+
+    /// How often a settled Workspace's backend is looked at again.
+    #[arg(long, env = "TEND_RESYNC_INTERVAL", value_parser = duration, default_value = "60s")]
+    pub resync_interval: Duration,
+
+    /// How soon to look again while a launch, start, stop or teardown is under way.
+    #[arg(long, env = "TEND_PROGRESS_INTERVAL", value_parser = duration, default_value = "5s")]
+    pub progress_interval: Duration,
+
+    /// First retry delay after an error; it doubles per consecutive error, up to 10m.
+    #[arg(long, env = "TEND_ERROR_BACKOFF", value_parser = duration, default_value = "10s")]
+    pub error_backoff: Duration,
+}
+
+impl RunArgs {
+    /// Parses `tend run` flags from an argument list (without the `run` word).
+    pub fn from_flags<I, T>(flags: I) -> Result<RunArgs, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        let argv = std::iter::once(std::ffi::OsString::from("tend"))
+            .chain(flags.into_iter().map(Into::into));
+        Only::try_parse_from(argv).map(|o| o.args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units() {
+        let args =
+            RunArgs::from_flags(["--not-found-grace", "90s", "--resync-interval", "5m"]).unwrap();
+        assert_eq!(args.not_found_grace, Duration::from_secs(90));
+        assert_eq!(args.resync_interval, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_bare_number_is_rejected_with_a_hint() {
+        let err = RunArgs::from_flags(["--probe-timeout", "10"]).unwrap_err();
+        assert!(err.to_string().contains("60s"), "{err}");
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

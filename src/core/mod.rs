@@ -1,0 +1,14 @@
+//! The decision core: pure functions, no I/O.
+//!
+//! Given what the user wants, what tend last recorded and what the backend just
+//! answered, it says which phase comes next and what to do. This is where the
+//! safety rule lives: only a clean `NotRunning` answer can take a Workspace
+//! offline.
+
+mod decide;
+mod observation;
+mod transition;
+
+pub use decide::{Action, Facts, Plan, decide};
+pub use observation::{Halt, NotRunning, Observation};
+pub use transition::{IllegalTransition, can_transition, transition};

@@ -1,0 +1,97 @@
+//! tend: a Kubernetes operator that keeps long-lived workspaces honest and alive.
+
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod core;
+pub mod http;
+pub mod metrics;
+pub mod reconciler;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use kube::CustomResourceExt;
+use kube::api::Api;
+
+use crate::api::Workspace;
+use crate::backend::ec2::{Ec2Backend, Ec2Settings};
+use crate::config::RunArgs;
+use crate::metrics::Metrics;
+use crate::reconciler::{Context, Settings};
+
+/// The CRD as YAML, exactly as committed under `crds/`.
+pub fn crd_yaml() -> String {
+    serde_yaml::to_string(&Workspace::crd()).expect("the CRD serialises")
+}
+
+/// The EC2 client configuration from the AWS default chain (env, profile, IRSA,
+/// EKS Pod Identity), with tend's timeouts and an explicit retry policy.
+pub async fn ec2_config(args: &RunArgs) -> anyhow::Result<aws_sdk_ec2::Config> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &args.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    let sdk = loader.load().await;
+    let Some(region) = sdk.region().map(|r| r.to_string()) else {
+        anyhow::bail!("no AWS region: pass --region (TEND_REGION) or set AWS_REGION");
+    };
+    let mut ec2 = aws_sdk_ec2::config::Builder::from(&sdk).region(aws_config::Region::new(region));
+    if let Some(url) = &args.ec2_endpoint {
+        ec2 = ec2.endpoint_url(url);
+    }
+    Ok(tune(ec2, args).build())
+}
+
+/// Applies tend's per-call timeout and retry policy to an EC2 client config.
+pub fn tune(builder: aws_sdk_ec2::config::Builder, args: &RunArgs) -> aws_sdk_ec2::config::Builder {
+    builder
+        // Standard mode: 3 attempts with a retry-token budget. A spent budget
+        // surfaces as an error, which tend treats as Unknown.
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(args.probe_timeout)
+                .operation_attempt_timeout(args.probe_timeout)
+                .connect_timeout(args.probe_timeout.min(std::time::Duration::from_secs(3)))
+                .build(),
+        )
+}
+
+/// Runs the controller with the given clients until `shutdown` resolves.
+pub async fn run_controller(
+    args: &RunArgs,
+    client: kube::Client,
+    ec2: aws_sdk_ec2::Config,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let default_region = ec2.region().map(|r| r.to_string()).unwrap_or_default();
+    let backend = Ec2Backend::new(
+        ec2,
+        Ec2Settings {
+            cluster: args.cluster_name.clone(),
+            default_region,
+            not_found_grace: args.not_found_grace,
+        },
+    );
+    let settings = Settings {
+        cluster_name: args.cluster_name.clone(),
+        progress_interval: args.progress_interval,
+        resync_interval: args.resync_interval,
+        error_backoff: args.error_backoff,
+        concurrency: args.concurrency,
+    };
+    let api: Api<Workspace> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let ctx = Arc::new(Context::new(client, backend, settings, metrics));
+    ready.store(true, Ordering::Relaxed);
+    reconciler::run(ctx, api, shutdown).await;
+}

@@ -1,0 +1,690 @@
+//! The reconciler: the only writer of a Workspace's status. It asks the decision
+//! core what to do, has the backend do it, records what is now true, and only
+//! then tells the world (events).
+
+mod conditions;
+mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
+use kube::runtime::controller::{self, Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tracing::{debug, error, info, warn};
+
+pub use conditions::Problem;
+pub use status::merge_diff;
+
+use crate::api::{
+    self, FINALIZER, ObservationRecord, Phase, RestartPolicy, RestartRecord, Runtime, Workspace,
+    WorkspaceStatus, condition,
+};
+use crate::backend::ec2::{AwsErrorKind, BackendError, Ec2Backend, Owner, Record, Step};
+use crate::core::{Action, Facts, IllegalTransition, Observation, Plan, decide, transition};
+use crate::metrics::Metrics;
+
+/// How the reconciler paces itself.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cluster_name: String,
+    /// How soon to look again while something is under way.
+    pub progress_interval: Duration,
+    /// How often a settled Workspace is looked at again.
+    pub resync_interval: Duration,
+    /// First delay after an error; doubles per consecutive error up to 10 min.
+    pub error_backoff: Duration,
+    pub concurrency: u16,
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub ec2: Ec2Backend,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, ec2: Ec2Backend, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        let recorder = Recorder::new(client.clone(), "tend".into());
+        Context {
+            client,
+            recorder,
+            ec2,
+            settings,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Exponential backoff per object: 1x, 2x, 4x ... the base, capped at 10 min.
+    fn backoff(&self, uid: &str) -> Duration {
+        let mut failures = self.failures.lock().expect("backoff lock");
+        let n = failures.entry(uid.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        let factor = 1u32 << (*n - 1).min(16);
+        (self.settings.error_backoff * factor).min(Duration::from_secs(600))
+    }
+
+    fn succeeded(&self, uid: &str) {
+        self.failures.lock().expect("backoff lock").remove(uid);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("teardown in progress: {0}")]
+    TeardownInProgress(String),
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    fn teardown_wait(&self) -> bool {
+        match self {
+            Error::TeardownInProgress(_) => true,
+            Error::Finalizer(f) => matches!(
+                &**f,
+                finalizer::Error::CleanupFailed(Error::TeardownInProgress(_))
+            ),
+            _ => false,
+        }
+    }
+
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Backend(_) => "backend",
+            Error::TeardownInProgress(_) => "teardown_in_progress",
+            Error::Illegal(_) => "illegal_transition",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+/// Runs the Workspace controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    api: Api<Workspace>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let config = controller::Config::default().concurrency(ctx.settings.concurrency);
+    Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(config)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => debug!(workspace = %obj, "reconciled"),
+                Err(controller::Error::ReconcilerFailed(e, obj)) if e.teardown_wait() => {
+                    debug!(workspace = %obj, "{e}")
+                }
+                Err(e) => warn!("reconcile failed: {e}"),
+            }
+        })
+        .await;
+}
+
+async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let ns = ws.namespace().unwrap_or_default();
+    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, ws, |event| async {
+        match event {
+            finalizer::Event::Apply(ws) => apply(&ws, &ctx, &api).await,
+            finalizer::Event::Cleanup(ws) => cleanup(&ws, &ctx, &api).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .reconciled(result.as_ref().err().map(Error::metric_label));
+    result
+}
+
+fn error_policy(ws: Arc<Workspace>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    if err.teardown_wait() {
+        return Requeue::requeue(ctx.settings.progress_interval);
+    }
+    let delay = ctx.backoff(&ws.uid().unwrap_or_default());
+    warn!(workspace = %ws.name_any(), namespace = ?ws.namespace(), retry_in = ?delay, "{err}");
+    Requeue::requeue(delay)
+}
+
+/// What one reconcile concluded, before it is written.
+struct Outcome {
+    phase: Phase,
+    observation: Option<Observation>,
+    problem: Option<Problem>,
+    detail: Option<String>,
+    record: Option<Record>,
+    action: &'static str,
+}
+
+impl Outcome {
+    fn problem(phase: Phase, reason: &'static str, message: String) -> Self {
+        Outcome {
+            phase,
+            observation: None,
+            problem: Some(Problem { reason, message }),
+            detail: None,
+            record: None,
+            action: "Validate",
+        }
+    }
+}
+
+async fn apply(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<Requeue, Error> {
+    let old = ws.status.clone().unwrap_or_default();
+    let phase = old.phase.unwrap_or(Phase::Pending);
+    let uid = ws.uid().unwrap_or_default();
+
+    if let Err(violation) = api::validate(ws) {
+        commit(
+            ws,
+            ctx,
+            api,
+            &old,
+            Outcome::problem(phase, "InvalidSpec", violation.message),
+        )
+        .await?;
+        return Ok(Requeue::await_change());
+    }
+    if ws.spec.runtime != Runtime::Ec2 {
+        let message = format!("runtime {} is not supported yet", ws.spec.runtime.as_str());
+        commit(
+            ws,
+            ctx,
+            api,
+            &old,
+            Outcome::problem(phase, "RuntimeNotSupported", message),
+        )
+        .await?;
+        return Ok(Requeue::await_change());
+    }
+    let spec = ws
+        .spec
+        .ec2
+        .as_ref()
+        .expect("validated: ec2 runtime has an ec2 block");
+    let ns = ws.namespace().unwrap_or_default();
+    let name = ws.name_any();
+    let owner = Owner {
+        uid: &uid,
+        cluster: &ctx.settings.cluster_name,
+        namespace: &ns,
+        name: &name,
+    };
+
+    let has_backend = old.instance_id.is_some();
+    let observation = if has_backend {
+        Some(ctx.ec2.observe(spec, &old, Timestamp::now()).await)
+    } else {
+        None
+    };
+    if let Some(obs) = &observation {
+        ctx.metrics.observed(obs);
+    }
+    let unlaunched = Observation::Pending {
+        detail: "nothing launched yet".into(),
+    };
+    let held = phase == Phase::Failed && ready_reason(&old) == Some("CrashLoop");
+    let plan = decide(&Facts {
+        desired: ws.spec.desired_state,
+        restart_policy: ws.spec.restart_policy,
+        phase,
+        deleting: false,
+        has_backend,
+        observation: observation.as_ref().unwrap_or(&unlaunched),
+        held,
+    });
+    if let Err(illegal) = transition(phase, plan.phase) {
+        // A bug in the decision table; refuse rather than write a lie.
+        error!(workspace = %name, namespace = %ns, "{illegal}");
+        return Err(illegal.into());
+    }
+
+    let mut outcome = Outcome {
+        phase: plan.phase,
+        observation,
+        problem: None,
+        detail: None,
+        record: None,
+        action: action_name(plan.action),
+    };
+    let mut requeue = steady_requeue(ctx, plan.phase);
+    match execute(ws, ctx, spec, &old, &owner, plan).await {
+        Ok(Step::Record(r)) => {
+            outcome.record = Some(r);
+            requeue = Duration::from_millis(50);
+            ctx.succeeded(&uid);
+        }
+        Ok(Step::Wait(why)) => {
+            outcome.detail = Some(why);
+            requeue = ctx.settings.progress_interval;
+            ctx.succeeded(&uid);
+        }
+        Ok(Step::Done) => ctx.succeeded(&uid),
+        Err(e) => {
+            requeue = ctx.backoff(&uid);
+            fail(&mut outcome, phase, plan.action, e, ctx, &name, &ns);
+        }
+    }
+    commit(ws, ctx, api, &old, outcome).await?;
+    Ok(Requeue::requeue(requeue))
+}
+
+/// Turns a failed action into what the user sees.
+fn fail(
+    outcome: &mut Outcome,
+    phase: Phase,
+    action: Action,
+    e: BackendError,
+    ctx: &Context,
+    name: &str,
+    ns: &str,
+) {
+    let message = e.to_string();
+    match &e {
+        BackendError::NotOwned { .. } => {
+            warn!(workspace = %name, namespace = %ns, "refusing to touch a foreign resource: {message}");
+            outcome.phase = phase;
+            outcome.problem = Some(Problem {
+                reason: "ForeignResource",
+                message,
+            });
+        }
+        BackendError::Aws(aws) => {
+            ctx.metrics.aws_error(aws.operation, aws.kind);
+            let launching = matches!(action, Action::Provision | Action::Start);
+            match aws.kind {
+                AwsErrorKind::InvalidParameter if launching => failed(
+                    outcome,
+                    phase,
+                    if action == Action::Start {
+                        "StartFailed"
+                    } else {
+                        "LaunchFailed"
+                    },
+                    message,
+                ),
+                AwsErrorKind::Auth => {
+                    error!(workspace = %name, namespace = %ns, "AWS rejected tend's credentials: {message}");
+                    outcome.problem = Some(Problem {
+                        reason: "AwsAuthFailed",
+                        message,
+                    });
+                    outcome.phase = phase;
+                }
+                _ => {
+                    warn!(workspace = %name, namespace = %ns, "{message}; will retry");
+                    outcome.detail = Some(format!("retrying after: {message}"));
+                }
+            }
+        }
+        BackendError::Invalid(_) => failed(outcome, phase, "LaunchFailed", message),
+    }
+}
+
+fn failed(outcome: &mut Outcome, phase: Phase, reason: &'static str, message: String) {
+    outcome.phase = if transition(phase, Phase::Failed).is_ok() {
+        Phase::Failed
+    } else {
+        phase
+    };
+    outcome.problem = Some(Problem { reason, message });
+}
+
+async fn execute(
+    ws: &Workspace,
+    ctx: &Context,
+    spec: &api::Ec2Spec,
+    old: &WorkspaceStatus,
+    owner: &Owner<'_>,
+    plan: Plan,
+) -> Result<Step, BackendError> {
+    match plan.action {
+        Action::None | Action::Teardown => Ok(Step::Done),
+        Action::Provision => {
+            let user_data = if old.instance_id.is_none() && old.launch_number.is_some() {
+                read_user_data(ws, ctx, spec).await?
+            } else {
+                None
+            };
+            ctx.ec2.provision(spec, old, owner, user_data).await
+        }
+        Action::Start => ctx
+            .ec2
+            .start(spec, old, owner)
+            .await
+            .map(|_| Step::Wait("starting".into())),
+        Action::Stop { hibernate } => ctx
+            .ec2
+            .stop(spec, old, owner, hibernate)
+            .await
+            .map(|_| Step::Wait(if hibernate { "hibernating" } else { "stopping" }.into())),
+        Action::Replace => Ok(Step::Record(Record::LaunchReserved(
+            old.launch_number.unwrap_or(0) + 1,
+        ))),
+    }
+}
+
+/// Reads user data from the referenced Secret, base64-encoded for RunInstances.
+/// The content is never logged.
+async fn read_user_data(
+    ws: &Workspace,
+    ctx: &Context,
+    spec: &api::Ec2Spec,
+) -> Result<Option<String>, BackendError> {
+    use base64::Engine;
+    let Some(r) = &spec.user_data else {
+        return Ok(None);
+    };
+    let key = r.key.as_deref().unwrap_or("userData");
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &ws.namespace().unwrap_or_default());
+    let secret = secrets
+        .get_opt(&r.name)
+        .await
+        .map_err(|e| {
+            BackendError::Invalid(format!(
+                "reading Secret {} for spec.ec2.userData: {e}",
+                r.name
+            ))
+        })?
+        .ok_or_else(|| {
+            BackendError::Invalid(format!(
+                "Secret {} for spec.ec2.userData does not exist",
+                r.name
+            ))
+        })?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| {
+            BackendError::Invalid(format!(
+                "Secret {} has no key {key} for spec.ec2.userData",
+                r.name
+            ))
+        })?;
+    Ok(Some(
+        base64::engine::general_purpose::STANDARD.encode(&bytes.0),
+    ))
+}
+
+fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::None => "Observe",
+        Action::Provision => "Provision",
+        Action::Start => "Start",
+        Action::Stop { hibernate: false } => "Stop",
+        Action::Stop { hibernate: true } => "Hibernate",
+        Action::Replace => "Replace",
+        Action::Teardown => "Teardown",
+    }
+}
+
+fn steady_requeue(ctx: &Context, phase: Phase) -> Duration {
+    match phase {
+        Phase::Online | Phase::Stopped | Phase::Hibernated | Phase::Failed => {
+            ctx.settings.resync_interval
+        }
+        _ => ctx.settings.progress_interval,
+    }
+}
+
+fn ready_reason(status: &WorkspaceStatus) -> Option<&str> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::READY)
+        .map(|c| c.reason.as_str())
+}
+
+/// Applies a backend record to status.
+fn apply_record(status: &mut WorkspaceStatus, record: &Record) {
+    match record {
+        Record::Volume { id, zone } => {
+            status.volume_id = Some(id.clone());
+            status.availability_zone = Some(zone.clone());
+        }
+        Record::LaunchReserved(n) => {
+            // A new launch number retires the previous instance, if any.
+            status.launch_number = Some(*n);
+            status.instance_id = None;
+            status.launched_at = None;
+        }
+        Record::Launched { instance_id, at } => {
+            status.instance_id = Some(instance_id.clone());
+            status.launched_at = Some(Time(*at));
+        }
+    }
+}
+
+/// Computes the new status, writes it if anything changed, and only after a
+/// successful write emits the events that describe it.
+async fn commit(
+    ws: &Workspace,
+    ctx: &Context,
+    api: &Api<Workspace>,
+    old: &WorkspaceStatus,
+    outcome: Outcome,
+) -> Result<(), Error> {
+    let now = Timestamp::now();
+    let from = old.phase.unwrap_or(Phase::Pending);
+    let mut new = old.clone();
+    new.phase = Some(outcome.phase);
+    new.observed_generation = ws.metadata.generation;
+    if let Some(r) = &outcome.record {
+        apply_record(&mut new, r);
+    }
+    if outcome.phase == Phase::Restarting && from != Phase::Restarting {
+        new.restarts += 1;
+        new.last_restart = Some(RestartRecord {
+            at: Time(now),
+            reason: ready_reason(old).unwrap_or("Offline").to_owned(),
+        });
+    }
+    if let Some(obs) = &outcome.observation {
+        record_observation(&mut new, obs, now);
+    }
+    let wanted = conditions::wanted_conditions(&conditions::Inputs {
+        phase: outcome.phase,
+        observation: outcome.observation.as_ref(),
+        problem: outcome.problem.as_ref(),
+        heals: ws.spec.restart_policy == RestartPolicy::Always,
+        detail: outcome.detail.as_deref(),
+        old: &old.conditions,
+    });
+    new.conditions = conditions::settle(wanted, &old.conditions, ws.metadata.generation, now);
+    if &new == old {
+        return Ok(());
+    }
+    status::write(api, ws, old, &new).await?;
+
+    for event in events_for(old, &new, &outcome) {
+        if let Err(e) = ctx.recorder.publish(&event, &ws.object_ref(&())).await {
+            warn!(workspace = %ws.name_any(), "could not publish event {}: {e}", event.reason);
+        }
+    }
+    if from != outcome.phase {
+        ctx.metrics.transition(outcome.phase);
+        info!(workspace = %ws.name_any(), namespace = ?ws.namespace(), from = %from, to = %outcome.phase, "phase changed");
+    }
+    Ok(())
+}
+
+/// `status.observation` holds the last clean answer; its time moves only when
+/// the answer changes.
+fn record_observation(status: &mut WorkspaceStatus, obs: &Observation, now: Timestamp) {
+    let Some(state) = obs.state_name() else {
+        return;
+    };
+    let reason = match obs {
+        Observation::NotRunning(nr) => Some(nr.reason.clone()),
+        _ => None,
+    };
+    let same = status
+        .observation
+        .as_ref()
+        .is_some_and(|o| o.state == state && o.reason == reason);
+    if !same {
+        status.observation = Some(ObservationRecord {
+            state: state.to_owned(),
+            reason,
+            observed_at: Time(now),
+            source: "ec2:DescribeInstances".into(),
+        });
+    }
+}
+
+/// The events a persisted change deserves.
+fn events_for(old: &WorkspaceStatus, new: &WorkspaceStatus, outcome: &Outcome) -> Vec<Event> {
+    let mut events = Vec::new();
+    let ready = new.conditions.iter().find(|c| c.type_ == condition::READY);
+    let note = ready.map(|c| c.message.clone()).filter(|m| !m.is_empty());
+    match &outcome.record {
+        Some(Record::Volume { id, zone }) => events.push(normal(
+            "VolumeCreated",
+            format!("data volume {id} in {zone}"),
+            outcome.action,
+        )),
+        Some(Record::Launched { instance_id, .. }) => events.push(normal(
+            "Launched",
+            format!("instance {instance_id}"),
+            outcome.action,
+        )),
+        _ => {}
+    }
+    let from = old.phase.unwrap_or(Phase::Pending);
+    if from != outcome.phase {
+        let warning = matches!(outcome.phase, Phase::Offline | Phase::Failed);
+        let reason = if warning {
+            ready
+                .map(|c| c.reason.clone())
+                .unwrap_or_else(|| outcome.phase.to_string())
+        } else {
+            outcome.phase.to_string()
+        };
+        events.push(Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason,
+            note: Some(match note {
+                Some(n) => format!("{from} -> {}: {n}", outcome.phase),
+                None => format!("{from} -> {}", outcome.phase),
+            }),
+            action: outcome.action.to_owned(),
+            secondary: None,
+        });
+    } else if let Some(problem) = &outcome.problem {
+        let old_reason = old
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::READY)
+            .map(|c| (&c.reason, &c.message));
+        if old_reason != Some((&problem.reason.to_owned(), &problem.message)) {
+            events.push(Event {
+                type_: EventType::Warning,
+                reason: problem.reason.to_owned(),
+                note: Some(problem.message.clone()),
+                action: outcome.action.to_owned(),
+                secondary: None,
+            });
+        }
+    }
+    events
+}
+
+fn normal(reason: &str, note: String, action: &str) -> Event {
+    Event {
+        type_: EventType::Normal,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    }
+}
+
+/// Deletion: record Deleting, release the backend step by step, then let the
+/// finalizer go.
+async fn cleanup(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<Requeue, Error> {
+    let old = ws.status.clone().unwrap_or_default();
+    if old.phase != Some(Phase::Deleting) {
+        let outcome = Outcome {
+            phase: Phase::Deleting,
+            observation: None,
+            problem: None,
+            detail: Some("releasing the backend".into()),
+            record: None,
+            action: "Teardown",
+        };
+        commit(ws, ctx, api, &old, outcome).await?;
+    }
+    if ws.spec.runtime != Runtime::Ec2 {
+        return Ok(Requeue::await_change());
+    }
+    let spec = ws.spec.ec2.clone().unwrap_or_default();
+    let uid = ws.uid().unwrap_or_default();
+    let ns = ws.namespace().unwrap_or_default();
+    let name = ws.name_any();
+    let owner = Owner {
+        uid: &uid,
+        cluster: &ctx.settings.cluster_name,
+        namespace: &ns,
+        name: &name,
+    };
+    let mut skipped = Vec::new();
+    let step = ctx.ec2.teardown(&spec, &old, &owner, &mut skipped).await;
+    for why in skipped {
+        warn!(workspace = %name, namespace = %ns, "left alone during deletion: {why}");
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "ForeignResource".into(),
+            note: Some(format!("left alone: {why}")),
+            action: "Teardown".into(),
+            secondary: None,
+        };
+        let _ = ctx.recorder.publish(&event, &ws.object_ref(&())).await;
+    }
+    match step? {
+        Step::Wait(why) => Err(Error::TeardownInProgress(why)),
+        Step::Done | Step::Record(_) => {
+            let kept = match spec.volume.reclaim_policy {
+                api::ReclaimPolicy::Retain => "retained",
+                api::ReclaimPolicy::Delete => "deleted",
+            };
+            let note = match &old.volume_id {
+                Some(v) => format!("instance terminated; data volume {v} {kept}"),
+                None => "nothing left to release".to_owned(),
+            };
+            let _ = ctx
+                .recorder
+                .publish(&normal("Released", note, "Teardown"), &ws.object_ref(&()))
+                .await;
+            info!(workspace = %name, namespace = %ns, "released");
+            Ok(Requeue::await_change())
+        }
+    }
+}
