@@ -561,19 +561,6 @@ fn events_for(old: &WorkspaceStatus, new: &WorkspaceStatus, outcome: &Outcome) -
     let mut events = Vec::new();
     let ready = new.conditions.iter().find(|c| c.type_ == condition::READY);
     let note = ready.map(|c| c.message.clone()).filter(|m| !m.is_empty());
-    match &outcome.record {
-        Some(Record::Volume { id, zone }) => events.push(normal(
-            "VolumeCreated",
-            format!("data volume {id} in {zone}"),
-            outcome.action,
-        )),
-        Some(Record::Launched { instance_id, .. }) => events.push(normal(
-            "Launched",
-            format!("instance {instance_id}"),
-            outcome.action,
-        )),
-        _ => {}
-    }
     let from = old.phase.unwrap_or(Phase::Pending);
     if from != outcome.phase {
         let warning = matches!(outcome.phase, Phase::Offline | Phase::Failed);
@@ -613,6 +600,19 @@ fn events_for(old: &WorkspaceStatus, new: &WorkspaceStatus, outcome: &Outcome) -
                 secondary: None,
             });
         }
+    }
+    match &outcome.record {
+        Some(Record::Volume { id, zone }) => events.push(normal(
+            "VolumeCreated",
+            format!("data volume {id} in {zone}"),
+            outcome.action,
+        )),
+        Some(Record::Launched { instance_id, .. }) => events.push(normal(
+            "Launched",
+            format!("instance {instance_id}"),
+            outcome.action,
+        )),
+        _ => {}
     }
     events
 }

@@ -99,9 +99,11 @@ impl AwsError {
     }
 }
 
+/// Whether a client-side failure is about credentials: none configured (no
+/// identity resolver), or the provider chain could not load any.
 fn mentions_missing_credentials(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    m.contains("credentials") && (m.contains("no credentials") || m.contains("provider"))
+    m.contains("credential") || m.contains("identity resolver") || m.contains("noidentityresolver")
 }
 
 /// Maps an EC2 error code to its kind.
@@ -164,6 +166,19 @@ pub fn kind_of_code(code: &str) -> AwsErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_credentials_are_recognised() {
+        assert!(mentions_missing_credentials(
+            "dispatch failure: there was no identity resolver for it (NoIdentityResolver)"
+        ));
+        assert!(mentions_missing_credentials(
+            "failed to construct request: the credential provider was not enabled: no providers in chain provided credentials"
+        ));
+        assert!(!mentions_missing_credentials(
+            "io error: connection reset by peer"
+        ));
+    }
 
     #[test]
     fn codes_are_classified() {

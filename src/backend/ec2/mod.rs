@@ -231,6 +231,8 @@ impl Ec2Backend {
             .set_iops(v.iops)
             .set_throughput(v.throughput)
             .tag_specifications(owner.tag_spec(ResourceType::Volume, spec, None))
+            .customize()
+            .config_override(single_attempt())
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("CreateVolume", e))?;
@@ -303,6 +305,8 @@ impl Ec2Backend {
             run = run.instance_market_options(spot_options(spot));
         }
         let out = run
+            .customize()
+            .config_override(single_attempt())
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("RunInstances", e))?;
@@ -445,6 +449,14 @@ impl Ec2Backend {
             ))),
         }
     }
+}
+
+/// Creating calls are never retried inside the SDK: a retry whose first attempt
+/// did reach EC2 would create a second resource wherever ClientToken is not
+/// honoured. tend's own retry looks the resource up by tag first.
+fn single_attempt() -> aws_sdk_ec2::config::Builder {
+    aws_sdk_ec2::config::Builder::default()
+        .retry_config(aws_sdk_ec2::config::retry::RetryConfig::standard().with_max_attempts(1))
 }
 
 fn tag_filter(key: &str, value: &str) -> Filter {

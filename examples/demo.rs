@@ -1,0 +1,216 @@
+//! `make demo`: runs the real `tend run` binary against a sandbox Kubernetes API
+//! server and moto, applies `examples/workspace-ec2.yaml`, and prints the
+//! Workspace's timeline as it comes online, stops, starts and is deleted.
+//! No cluster and no AWS account needed.
+
+#[path = "../tests/support/fake_kube.rs"]
+#[allow(dead_code)]
+mod fake_kube;
+#[path = "../tests/support/moto.rs"]
+mod moto;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use tend::api::{Phase, Workspace};
+
+const NAME: &str = "alice-dev";
+const NS: &str = "default";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let say = |what: &str| println!("{:>6.1}s  {what}", started.elapsed().as_secs_f64());
+
+    say("starting moto (EC2 emulator) and a sandbox Kubernetes API server");
+    let moto = moto::Moto::start().await;
+    let kube = fake_kube::FakeApiServer::start().await;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, kube.kubeconfig_yaml())?;
+
+    let tend_bin = std::env::current_exe()?
+        .parent()
+        .and_then(|examples| examples.parent())
+        .map(|debug| debug.join("tend"))
+        .ok_or_else(|| anyhow::anyhow!("cannot locate the tend binary"))?;
+    let log_path = dir.path().join("tend.log");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    say(&format!(
+        "starting {} run (logs: {})",
+        tend_bin.display(),
+        log_path.display()
+    ));
+    let mut tend = tokio::process::Command::new(&tend_bin)
+        .args(["run", "--region", "us-east-1", "--cluster-name", "demo"])
+        .args(["--ec2-endpoint", moto.url()])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--progress-interval", "500ms", "--resync-interval", "2s"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("AWS_ACCESS_KEY_ID", "demo")
+        .env("AWS_SECRET_ACCESS_KEY", "demo")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::from(std::fs::File::create(&log_path)?))
+        .stderr(Stdio::from(std::fs::File::create(
+            dir.path().join("tend.err"),
+        )?))
+        .kill_on_drop(true)
+        .spawn()?;
+
+    // The example names a real subnet and AMI; point it at moto's.
+    let mut ws: Workspace = serde_yaml::from_str(&std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/workspace-ec2.yaml"
+    ))?)?;
+    let (subnet, zone) = moto.default_subnet(None).await;
+    let ami = moto.some_ami().await;
+    if let Some(ec2) = ws.spec.ec2.as_mut() {
+        ec2.subnet_id = subnet.clone();
+        ec2.image_id = Some(ami.clone());
+        ec2.security_group_ids.clear();
+    }
+    let api: Api<Workspace> = Api::namespaced(kube.client(), NS);
+    say(&format!(
+        "kubectl apply -f examples/workspace-ec2.yaml  (subnet {subnet} in {zone}, {ami})"
+    ));
+    api.create(&PostParams::default(), &ws).await?;
+
+    let mut timeline = Timeline::default();
+    timeline
+        .until(&kube, &say, |p| p == Some(Phase::Online))
+        .await?;
+
+    say("kubectl patch ws alice-dev --type merge -p '{\"spec\":{\"desiredState\":\"Stopped\"}}'");
+    patch(&api, json!({ "desiredState": "Stopped" })).await?;
+    timeline
+        .until(&kube, &say, |p| p == Some(Phase::Stopped))
+        .await?;
+
+    say("kubectl patch ws alice-dev --type merge -p '{\"spec\":{\"desiredState\":\"Running\"}}'");
+    patch(&api, json!({ "desiredState": "Running" })).await?;
+    timeline
+        .until(&kube, &say, |p| p == Some(Phase::Online))
+        .await?;
+
+    say("kubectl delete ws alice-dev");
+    api.delete(NAME, &DeleteParams::default()).await?;
+    timeline.until(&kube, &say, |_| false).await?;
+
+    let ec2 = moto.ec2();
+    let instances = ec2.describe_instances().send().await?;
+    for i in instances.reservations().iter().flat_map(|r| r.instances()) {
+        say(&format!(
+            "EC2: instance {} is {}",
+            i.instance_id().unwrap_or("?"),
+            i.state()
+                .and_then(|s| s.name())
+                .map(|s| s.as_str())
+                .unwrap_or("?")
+        ));
+    }
+    for v in ec2.describe_volumes().send().await?.volumes() {
+        say(&format!(
+            "EC2: volume {} is {} (reclaimPolicy Retain keeps the data)",
+            v.volume_id().unwrap_or("?"),
+            v.state().map(|s| s.as_str()).unwrap_or("?")
+        ));
+    }
+    tend.start_kill()?;
+    let _ = tend.wait().await;
+    say("done");
+    Ok(())
+}
+
+async fn patch(api: &Api<Workspace>, spec: Value) -> anyhow::Result<()> {
+    api.patch(
+        NAME,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": spec })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Prints each change of phase, Ready condition and each new event.
+#[derive(Default)]
+struct Timeline {
+    last: Option<String>,
+    events_seen: std::collections::HashMap<String, u64>,
+}
+
+impl Timeline {
+    /// Follows the Workspace until `done(phase)` holds, or it is gone.
+    async fn until(
+        &mut self,
+        kube: &fake_kube::FakeApiServer,
+        say: &impl Fn(&str),
+        done: impl Fn(Option<Phase>) -> bool,
+    ) -> anyhow::Result<()> {
+        let path = format!("/apis/tend.dev/v1alpha1/namespaces/{NS}/workspaces/{NAME}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let object = kube.get_object(&path);
+            self.print_events(kube, say);
+            let Some(object) = object else {
+                say("workspace alice-dev is gone (finalizer released)");
+                return Ok(());
+            };
+            let ws: Workspace = serde_json::from_value(object)?;
+            let status = ws.status.clone().unwrap_or_default();
+            let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+            let line = format!(
+                "{:<13} Ready={:<7} {:<22} instance={:<20} volume={}",
+                status
+                    .phase
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                ready.map(|c| c.status.as_str()).unwrap_or("-"),
+                ready.map(|c| c.reason.as_str()).unwrap_or("-"),
+                status.instance_id.as_deref().unwrap_or("-"),
+                status.volume_id.as_deref().unwrap_or("-"),
+            );
+            if self.last.as_deref() != Some(&line) {
+                say(&format!("kubectl get ws: {line}"));
+                self.last = Some(line);
+            }
+            if done(status.phase) {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "timed out; see the tend log");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Prints events not printed before; a repeat of an event (the recorder
+    /// counts repeats in a series) prints again.
+    fn print_events(&mut self, kube: &fake_kube::FakeApiServer, say: &impl Fn(&str)) {
+        let mut events =
+            kube.list_objects(&format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"));
+        events.sort_by_key(|e| {
+            e["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse::<u64>().ok())
+        });
+        for e in events {
+            let name = e["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let count = e["series"]["count"].as_u64().unwrap_or(1);
+            if self.events_seen.get(&name) == Some(&count) {
+                continue;
+            }
+            self.events_seen.insert(name, count);
+            say(&format!(
+                "  event {:<7} {:<14} {}",
+                e["type"].as_str().unwrap_or_default(),
+                e["reason"].as_str().unwrap_or_default(),
+                e["note"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+}

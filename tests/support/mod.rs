@@ -1,0 +1,8 @@
+//! Test rig shared by the integration tests: a fake Kubernetes API server over
+//! real HTTP, moto behind a fault-injecting proxy, and the real controller.
+#![allow(dead_code)]
+
+pub mod fake_kube;
+pub mod faults;
+pub mod moto;
+pub mod rig;

@@ -1,0 +1,287 @@
+//! Runs the real tend controller in-process against the fake API server and
+//! moto (behind the fault proxy), with short intervals so tests move quickly.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use tend::api::{Phase, Workspace};
+use tend::config::RunArgs;
+use tend::metrics::Metrics;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::fake_kube::FakeApiServer;
+use super::faults::FaultProxy;
+use super::moto::Moto;
+
+pub const NS: &str = "default";
+pub const CLUSTER: &str = "test-cluster";
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct Rig {
+    pub kube: FakeApiServer,
+    pub moto: Moto,
+    pub proxy: FaultProxy,
+    pub subnet: String,
+    pub zone: String,
+    pub ami: String,
+    pub args: RunArgs,
+    controller: Option<(JoinHandle<()>, oneshot::Sender<()>)>,
+}
+
+impl Rig {
+    /// Starts the fake API server, moto and the proxy, but not the controller.
+    pub async fn new() -> Rig {
+        let kube = FakeApiServer::start().await;
+        let moto = Moto::start().await;
+        let proxy = FaultProxy::start(moto.url()).await;
+        let (subnet, zone) = moto.default_subnet(None).await;
+        let ami = moto.some_ami().await;
+        let args = RunArgs::from_flags([
+            "--cluster-name",
+            CLUSTER,
+            "--namespace",
+            NS,
+            "--ec2-endpoint",
+            proxy.url(),
+            "--region",
+            "us-east-1",
+            "--probe-timeout",
+            "2s",
+            "--progress-interval",
+            "200ms",
+            "--resync-interval",
+            "1s",
+            "--error-backoff",
+            "200ms",
+        ])
+        .expect("test flags parse");
+        Rig {
+            kube,
+            moto,
+            proxy,
+            subnet,
+            zone,
+            ami,
+            args,
+            controller: None,
+        }
+    }
+
+    /// A rig with the controller already running.
+    pub async fn start() -> Rig {
+        let mut rig = Rig::new().await;
+        rig.start_controller().await;
+        rig
+    }
+
+    /// The EC2 client configuration the controller uses: through the proxy,
+    /// with tend's own timeouts and retries.
+    pub fn ec2_config(&self) -> aws_sdk_ec2::Config {
+        tend::tune(Moto::ec2_config_for(self.proxy.url()), &self.args).build()
+    }
+
+    pub async fn start_controller(&mut self) {
+        let conf = self.ec2_config();
+        self.start_controller_with(conf).await;
+    }
+
+    pub async fn start_controller_with(&mut self, ec2: aws_sdk_ec2::Config) {
+        assert!(self.controller.is_none(), "controller already running");
+        let (tx, rx) = oneshot::channel();
+        let args = self.args.clone();
+        let client = self.kube.client();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.await;
+            };
+            tend::run_controller(
+                &args,
+                client,
+                ec2,
+                Arc::new(Metrics::default()),
+                Arc::new(AtomicBool::new(false)),
+                shutdown,
+            )
+            .await;
+        });
+        self.controller = Some((task, tx));
+    }
+
+    /// Kills the controller mid-flight, as a crash would.
+    pub async fn crash_controller(&mut self) {
+        if let Some((task, _tx)) = self.controller.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    pub fn workspaces(&self) -> Api<Workspace> {
+        Api::namespaced(self.kube.client(), NS)
+    }
+
+    /// A valid ec2 Workspace in the rig's subnet.
+    pub fn ec2_workspace(&self, name: &str) -> Workspace {
+        serde_json::from_value(json!({
+            "apiVersion": "tend.dev/v1alpha1",
+            "kind": "Workspace",
+            "metadata": { "name": name, "namespace": NS },
+            "spec": {
+                "runtime": "ec2",
+                "ec2": {
+                    "instanceType": "t3.micro",
+                    "imageId": self.ami,
+                    "subnetId": self.subnet,
+                    "tags": { "team": "platform" },
+                    "volume": { "sizeGiB": 10 }
+                }
+            }
+        }))
+        .expect("workspace json")
+    }
+
+    pub async fn create(&self, ws: &Workspace) -> Workspace {
+        self.workspaces()
+            .create(&PostParams::default(), ws)
+            .await
+            .expect("create workspace")
+    }
+
+    pub async fn patch_spec(&self, name: &str, spec: Value) {
+        self.workspaces()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": spec })),
+            )
+            .await
+            .expect("patch spec");
+    }
+
+    pub async fn delete(&self, name: &str) {
+        self.workspaces()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete workspace");
+    }
+
+    fn path(name: &str) -> String {
+        format!("/apis/tend.dev/v1alpha1/namespaces/{NS}/workspaces/{name}")
+    }
+
+    /// The stored Workspace, read straight from the fake server.
+    pub fn get(&self, name: &str) -> Option<Workspace> {
+        self.kube
+            .get_object(&Self::path(name))
+            .map(|v| serde_json::from_value(v).expect("stored workspace parses"))
+    }
+
+    pub fn phase(&self, name: &str) -> Option<Phase> {
+        self.get(name).and_then(|w| w.status).and_then(|s| s.phase)
+    }
+
+    /// Waits until the stored Workspace satisfies `cond`.
+    pub async fn wait_ws(
+        &self,
+        name: &str,
+        what: &str,
+        cond: impl Fn(&Workspace) -> bool,
+    ) -> Workspace {
+        let path = Self::path(name);
+        self.kube
+            .wait_for(WAIT, what, |k| {
+                k.get_object(&path)
+                    .and_then(|v| serde_json::from_value::<Workspace>(v).ok())
+                    .is_some_and(|w| cond(&w))
+            })
+            .await;
+        self.get(name).expect("workspace exists")
+    }
+
+    pub async fn wait_phase(&self, name: &str, phase: Phase) -> Workspace {
+        let what = format!("{name} to reach phase {phase}");
+        self.wait_ws(name, &what, |w| {
+            w.status.as_ref().and_then(|s| s.phase) == Some(phase)
+        })
+        .await
+    }
+
+    pub async fn wait_gone(&self, name: &str) {
+        let path = Self::path(name);
+        self.kube
+            .wait_for(WAIT, &format!("{name} to be deleted"), |k| {
+                k.get_object(&path).is_none()
+            })
+            .await;
+    }
+
+    /// Events recorded about a Workspace, oldest first, as (type, reason, note).
+    pub fn events(&self, name: &str) -> Vec<(String, String, String)> {
+        let mut events: Vec<Value> = self
+            .kube
+            .list_objects(&format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"))
+            .into_iter()
+            .filter(|e| e["regarding"]["name"] == name)
+            .collect();
+        events.sort_by_key(|e| {
+            e["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse::<u64>().ok())
+        });
+        events
+            .iter()
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap_or_default().to_owned(),
+                    e["reason"].as_str().unwrap_or_default().to_owned(),
+                    e["note"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn event_reasons(&self, name: &str) -> Vec<String> {
+        self.events(name).into_iter().map(|(_, r, _)| r).collect()
+    }
+
+    /// Waits until an event with this reason has been recorded about `name`.
+    pub async fn wait_event(&self, name: &str, reason: &str) {
+        let path = format!("/apis/events.k8s.io/v1/namespaces/{NS}/events");
+        self.kube
+            .wait_for(WAIT, &format!("event {reason} for {name}"), |k| {
+                k.list_objects(&path)
+                    .iter()
+                    .any(|e| e["regarding"]["name"] == name && e["reason"] == reason)
+            })
+            .await;
+    }
+
+    /// Instances in moto that carry this Workspace's uid tag, in any state.
+    pub async fn instances_of(&self, ws: &Workspace) -> Vec<aws_sdk_ec2::types::Instance> {
+        let uid = ws.metadata.uid.as_deref().expect("uid");
+        self.moto
+            .instances_tagged("tend.dev/workspace-uid", uid)
+            .await
+    }
+
+    pub fn ready(&self, name: &str) -> Option<(String, String, String)> {
+        let ws = self.get(name)?;
+        let c = ws
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        Some((c.status, c.reason, c.message))
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some((task, _)) = self.controller.take() {
+            task.abort();
+        }
+    }
+}
