@@ -44,8 +44,12 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
     }
 }
 
-/// Binds and serves until the task is dropped.
-pub async fn serve(addr: SocketAddr, state: HttpState) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+/// Binds the port; separate from serving so a bad address fails at start-up.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Serves until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) -> std::io::Result<()> {
     axum::serve(listener, router(state)).await
 }

@@ -31,8 +31,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ready: ready.clone(),
     };
     let addr = args.metrics_addr;
+    let listener = http::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--metrics-addr): {e}"))?;
     tokio::spawn(async move {
-        if let Err(e) = http::serve(addr, state).await {
+        if let Err(e) = http::serve(listener, state).await {
             error!("HTTP port {addr}: {e}");
         }
     });

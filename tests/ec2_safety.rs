@@ -330,3 +330,59 @@ async fn missing_aws_credentials_are_reported_and_the_controller_keeps_serving()
     rig.create(&ws).await;
     rig.wait_event("other", "InvalidSpec").await;
 }
+
+#[tokio::test]
+async fn user_data_comes_from_the_secret_and_a_missing_secret_is_reported() {
+    use k8s_openapi::api::core::v1::Secret;
+    let rig = Rig::start().await;
+    let mut ws = rig.ec2_workspace("dev");
+    ws.spec.ec2.as_mut().unwrap().user_data = Some(tend::api::SecretKeyRef {
+        name: "dev-init".into(),
+        key: None,
+    });
+    rig.create(&ws).await;
+    rig.wait_ws("dev", "missing Secret reported", |w| {
+        w.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.message.contains("Secret dev-init"))
+        })
+    })
+    .await;
+    assert_eq!(
+        rig.proxy.calls("RunInstances"),
+        0,
+        "no launch without its user data"
+    );
+
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(rig.kube.client(), NS);
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": "dev-init", "namespace": NS },
+        "stringData": {},
+        "data": { "userData": "IyEvYmluL3NoCmVjaG8gc2VjcmV0LXRva2Vu" }
+    }))
+    .unwrap();
+    secrets.create(&Default::default(), &secret).await.unwrap();
+    rig.patch_spec("dev", json!({ "restartPolicy": "Always" }))
+        .await;
+    rig.wait_phase("dev", Phase::Online).await;
+    let run = rig
+        .proxy
+        .call_log()
+        .into_iter()
+        .find(|c| c.action == "RunInstances")
+        .expect("launched");
+    // RunInstances carries the Secret's bytes, base64-encoded once.
+    assert_eq!(
+        run.params.get("UserData").map(String::as_str),
+        Some("IyEvYmluL3NoCmVjaG8gc2VjcmV0LXRva2Vu")
+    );
+    // And the content appears in no status or event.
+    let stored = serde_json::to_string(&rig.get("dev").unwrap()).unwrap();
+    assert!(!stored.contains("secret-token") && !stored.contains("IyEvYmluL3No"));
+    for (_, _, note) in rig.events("dev") {
+        assert!(!note.contains("IyEvYmluL3No"), "{note}");
+    }
+}

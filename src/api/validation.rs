@@ -100,6 +100,21 @@ mod tests {
     }
 
     #[test]
+    fn runtime_and_region_are_immutable() {
+        let old = ec2_workspace();
+        let mut new = old.clone();
+        new.spec.ec2.as_mut().unwrap().region = Some("eu-west-1".into());
+        let mut old_with_region = old.clone();
+        old_with_region.spec.ec2.as_mut().unwrap().region = Some("us-east-1".into());
+        let err = new.validate_cel_update(&old_with_region).unwrap_err();
+        assert!(
+            err.to_string().contains("spec.ec2.region is immutable"),
+            "{err}"
+        );
+        assert!(old.validate_cel_update(&old).is_ok());
+    }
+
+    #[test]
     fn hibernation_is_ec2_only() {
         let mut ws = ec2_workspace();
         ws.spec.runtime = Runtime::Container;
