@@ -83,6 +83,56 @@ pub struct RunArgs {
     /// First retry delay after an error; it doubles per consecutive error, up to 10m.
     #[arg(long, env = "TEND_ERROR_BACKOFF", value_parser = duration, default_value = "10s")]
     pub error_backoff: Duration,
+
+    /// How often the sweeper asks EC2 about every Workspace that should be running.
+    #[arg(long, env = "TEND_SWEEP_INTERVAL", value_parser = duration, default_value = "60s")]
+    pub sweep_interval: Duration,
+
+    /// Instance ids per DescribeInstances call.
+    #[arg(long, env = "TEND_BATCH_SIZE", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch_size: u32,
+
+    /// At most this many Workspaces are described per sweep, least recently
+    /// observed first; a larger fleet is covered over several sweeps.
+    #[arg(long, env = "TEND_MAX_PER_SWEEP", default_value_t = 20000)]
+    pub max_per_sweep: usize,
+
+    /// DescribeInstances calls in flight at once.
+    #[arg(long, env = "TEND_MAX_IN_FLIGHT", default_value_t = 8)]
+    pub max_in_flight: usize,
+
+    /// After only Unknown answers for this long, Ready becomes Unknown/ObservationStale.
+    #[arg(long, env = "TEND_STALE_AFTER", value_parser = duration, default_value = "5m")]
+    pub stale_after: Duration,
+
+    /// The circuit breaker trips when more than this fraction of a region's
+    /// (or a zone's) Workspaces turn NotRunning in one sweep.
+    #[arg(long, env = "TEND_MAX_OFFLINE_FRACTION", default_value_t = 0.2)]
+    pub max_offline_fraction: f64,
+
+    /// After a held mass failure proves real, at most this many are healed per sweep.
+    #[arg(long, env = "TEND_MAX_RESTARTS_PER_SWEEP", default_value_t = 50)]
+    pub max_restarts_per_sweep: usize,
+
+    /// First delay between restarts of a dying backend; it doubles up to 10m.
+    #[arg(long, env = "TEND_RESTART_BACKOFF", value_parser = duration, default_value = "10s")]
+    pub restart_backoff: Duration,
+
+    /// Client-side rate of EC2 Describe calls per second, per region (AWS refills 20/s).
+    #[arg(long, env = "TEND_EC2_READ_RATE", default_value_t = 15.0)]
+    pub ec2_read_rate: f64,
+
+    /// Client-side burst of EC2 Describe calls, per region (AWS allows 100).
+    #[arg(long, env = "TEND_EC2_READ_BURST", default_value_t = 75)]
+    pub ec2_read_burst: u32,
+
+    /// Client-side rate of mutating EC2 calls per second, per region.
+    #[arg(long, env = "TEND_EC2_MUTATE_RATE", default_value_t = 4.0)]
+    pub ec2_mutate_rate: f64,
+
+    /// Client-side burst of mutating EC2 calls, per region.
+    #[arg(long, env = "TEND_EC2_MUTATE_BURST", default_value_t = 20)]
+    pub ec2_mutate_burst: u32,
 }
 
 impl RunArgs {

@@ -7,6 +7,7 @@ pub mod core;
 pub mod http;
 pub mod metrics;
 pub mod reconciler;
+pub mod sweep;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -19,10 +20,13 @@ use kube::CustomResourceExt;
 use kube::api::Api;
 
 use crate::api::Workspace;
-use crate::backend::ec2::{Ec2Backend, Ec2Settings};
+use crate::backend::ec2::{Ec2Backend, Ec2Settings, Limits, Rate};
 use crate::config::RunArgs;
 use crate::metrics::Metrics;
 use crate::reconciler::{Context, Settings};
+use crate::sweep::{BatchSettings, BreakerSettings, Snapshot, SweepSettings, Sweeper};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// The CRD as YAML, exactly as committed under `crds/`.
 pub fn crd_yaml() -> String {
@@ -62,7 +66,8 @@ pub fn tune(builder: aws_sdk_ec2::config::Builder, args: &RunArgs) -> aws_sdk_ec
         )
 }
 
-/// Runs the controller with the given clients until `shutdown` resolves.
+/// Runs the controller and the sweeper with the given clients until
+/// `shutdown` resolves.
 pub async fn run_controller(
     args: &RunArgs,
     client: kube::Client,
@@ -72,26 +77,76 @@ pub async fn run_controller(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let default_region = ec2.region().map(|r| r.to_string()).unwrap_or_default();
-    let backend = Ec2Backend::new(
+    let limits = Arc::new(Limits::new(
+        Rate {
+            per_second: args.ec2_read_rate,
+            burst: args.ec2_read_burst,
+        },
+        Rate {
+            per_second: args.ec2_mutate_rate,
+            burst: args.ec2_mutate_burst,
+        },
+    ));
+    let backend = Arc::new(Ec2Backend::new(
         ec2,
         Ec2Settings {
             cluster: args.cluster_name.clone(),
-            default_region,
+            default_region: default_region.clone(),
             not_found_grace: args.not_found_grace,
         },
-    );
+        limits,
+    ));
     let settings = Settings {
         cluster_name: args.cluster_name.clone(),
         progress_interval: args.progress_interval,
         resync_interval: args.resync_interval,
         error_backoff: args.error_backoff,
+        restart_backoff: args.restart_backoff,
+        sweep_interval: args.sweep_interval,
         concurrency: args.concurrency,
     };
     let api: Api<Workspace> = match &args.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let ctx = Arc::new(Context::new(client, backend, settings, metrics));
+    let controller = reconciler::new_controller(api, args.concurrency);
+    let (published, snapshot) = watch::channel(Arc::new(Snapshot::default()));
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+    let sweeper = Sweeper::new(
+        backend.clone(),
+        SweepSettings {
+            interval: args.sweep_interval,
+            batch: BatchSettings {
+                batch_size: args.batch_size as usize,
+                probe_timeout: args.probe_timeout,
+                max_in_flight: args.max_in_flight,
+            },
+            max_per_sweep: args.max_per_sweep,
+            stale_after: args.stale_after,
+            not_found_grace: args.not_found_grace,
+            breaker: BreakerSettings {
+                max_offline_fraction: args.max_offline_fraction,
+                min_fleet: 10,
+                hold_sweeps: 3,
+                max_restarts_per_sweep: args.max_restarts_per_sweep,
+            },
+            default_region,
+        },
+        controller.store(),
+        published,
+        wake,
+        metrics.clone(),
+    );
+    let cancel = CancellationToken::new();
+    let sweeping = tokio::spawn(sweeper.run(cancel.clone()));
+    let ctx = Arc::new(Context::new(client, backend, settings, metrics, snapshot));
     ready.store(true, Ordering::Relaxed);
-    reconciler::run(ctx, api, shutdown).await;
+    let stop_sweeping = cancel.clone();
+    reconciler::run(controller, ctx, woken, async move {
+        shutdown.await;
+        stop_sweeping.cancel();
+    })
+    .await;
+    cancel.cancel();
+    let _ = sweeping.await;
 }

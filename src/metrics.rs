@@ -1,13 +1,18 @@
 //! Prometheus metrics. Names match the flags and concepts they describe.
 
+use std::time::Duration;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::api::Phase;
 use crate::backend::ec2::AwsErrorKind;
 use crate::core::Observation;
+use crate::sweep::SweepReport;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -30,6 +35,26 @@ struct AwsLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ZoneLabels {
+    region: String,
+    zone: String,
+}
+
+fn seconds_histogram(start: f64) -> Histogram {
+    Histogram::new(exponential_buckets(start, 2.0, 14))
+}
+
 /// All of tend's metrics, registered once.
 pub struct Metrics {
     pub registry: Registry,
@@ -37,38 +62,98 @@ pub struct Metrics {
     transitions: Family<PhaseLabels, Counter>,
     observations: Family<AnswerLabels, Counter>,
     aws_errors: Family<AwsLabels, Counter>,
+    describe_calls: Family<OutcomeLabels, Counter>,
+    offline: Family<ReasonLabels, Counter>,
+    restarts: Counter,
+    breaker_trips: Family<ZoneLabels, Counter>,
+    sweep_duration: Histogram,
+    observation_age: Histogram,
+    limiter_wait: Histogram,
+    objects_observed: Gauge,
+    objects_in_scope: Gauge,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("tend");
-        let reconciles = Family::default();
-        registry.register("reconciles", "Reconciles by result", reconciles.clone());
-        let transitions = Family::default();
-        registry.register(
+        let mut r = Registry::with_prefix("tend");
+        let m = Metrics {
+            reconciles: Family::default(),
+            transitions: Family::default(),
+            observations: Family::default(),
+            aws_errors: Family::default(),
+            describe_calls: Family::default(),
+            offline: Family::default(),
+            restarts: Counter::default(),
+            breaker_trips: Family::default(),
+            sweep_duration: seconds_histogram(0.01),
+            observation_age: seconds_histogram(1.0),
+            limiter_wait: seconds_histogram(0.001),
+            objects_observed: Gauge::default(),
+            objects_in_scope: Gauge::default(),
+            registry: Registry::default(),
+        };
+        r.register("reconciles", "Reconciles by result", m.reconciles.clone());
+        r.register(
             "phase_transitions",
             "Phase changes written, by new phase",
-            transitions.clone(),
+            m.transitions.clone(),
         );
-        let observations = Family::default();
-        registry.register(
+        r.register(
             "observations",
             "Backend observations by answer",
-            observations.clone(),
+            m.observations.clone(),
         );
-        let aws_errors = Family::default();
-        registry.register(
+        r.register(
             "aws_errors",
             "Failed AWS calls by operation and kind",
-            aws_errors.clone(),
+            m.aws_errors.clone(),
         );
-        Metrics {
-            registry,
-            reconciles,
-            transitions,
-            observations,
-            aws_errors,
-        }
+        r.register(
+            "describe_calls",
+            "Sweep DescribeInstances calls by outcome",
+            m.describe_calls.clone(),
+        );
+        r.register(
+            "offline_transitions",
+            "Workspaces taken Offline, by reason",
+            m.offline.clone(),
+        );
+        r.register(
+            "restarts",
+            "Backends restarted after dying underneath",
+            m.restarts.clone(),
+        );
+        r.register(
+            "circuit_breaker_trips",
+            "Sweeps in which too many Workspaces of a region or zone turned NotRunning at once",
+            m.breaker_trips.clone(),
+        );
+        r.register(
+            "sweep_duration_seconds",
+            "Duration of one sweep",
+            m.sweep_duration.clone(),
+        );
+        r.register(
+            "observation_age_seconds",
+            "Time since each swept Workspace's last clean answer",
+            m.observation_age.clone(),
+        );
+        r.register(
+            "rate_limiter_wait_seconds",
+            "Time a sweep's describe calls waited for the client-side rate limiter",
+            m.limiter_wait.clone(),
+        );
+        r.register(
+            "sweep_objects_observed",
+            "Workspaces described in the last sweep",
+            m.objects_observed.clone(),
+        );
+        r.register(
+            "sweep_objects_in_scope",
+            "Workspaces in the sweep's scope",
+            m.objects_in_scope.clone(),
+        );
+        Metrics { registry: r, ..m }
     }
 }
 
@@ -100,6 +185,49 @@ impl Metrics {
                 kind: kind.as_str(),
             })
             .inc();
+    }
+
+    pub fn went_offline(&self, reason: &str) {
+        self.offline
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn restarted(&self) {
+        self.restarts.inc();
+    }
+
+    pub fn breaker_tripped(&self, region: &str, zone: Option<&str>) {
+        self.breaker_trips
+            .get_or_create(&ZoneLabels {
+                region: region.to_owned(),
+                zone: zone.unwrap_or("").to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn observation_age(&self, age: Duration) {
+        self.observation_age.observe(age.as_secs_f64());
+    }
+
+    pub fn swept(&self, report: &SweepReport) {
+        self.sweep_duration.observe(report.duration.as_secs_f64());
+        self.limiter_wait
+            .observe(report.calls.limiter_wait.as_secs_f64());
+        self.objects_observed.set(report.observed as i64);
+        self.objects_in_scope.set(report.in_scope as i64);
+        for (outcome, n) in [
+            ("ok", report.calls.ok),
+            ("throttled", report.calls.throttled),
+            ("failed", report.calls.failed),
+            ("timed_out", report.calls.timed_out),
+        ] {
+            self.describe_calls
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(n as u64);
+        }
     }
 
     /// The text exposition format.

@@ -29,6 +29,12 @@ pub struct WorkspaceStatus {
     pub restarts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restart: Option<RestartRecord>,
+    /// Restarts within the crash-loop window (30m), for backoff and CrashLoop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_restarts: Vec<Time>,
+    /// The last `tend.dev/retry` annotation value acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_retry: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The last clean answer from the backend.

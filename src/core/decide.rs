@@ -1,6 +1,6 @@
 //! From facts to a plan: the next phase and the one action that gets there.
 
-use super::{Halt, Observation};
+use super::{Halt, Observation, RestartGate};
 use crate::api::{DesiredState, Phase, RestartPolicy};
 
 /// Everything the decision depends on. No clocks, no clients.
@@ -17,6 +17,10 @@ pub struct Facts<'a> {
     pub observation: &'a Observation,
     /// Failed for a reason that waits for a human (CrashLoop), not for a retry.
     pub held: bool,
+    /// The circuit breaker holds this NotRunning answer as a suspected outage.
+    pub suspected_outage: bool,
+    /// Whether a restart may start now (backoff, crash loop).
+    pub restart_gate: RestartGate,
 }
 
 /// What the reconciler should do next.
@@ -103,15 +107,22 @@ fn want_running(f: &Facts) -> Plan {
             };
             Plan::new(phase, Action::Provision)
         }
+        // Too many died at once: believe it only if it persists.
+        Observation::NotRunning(_) if f.suspected_outage => Plan::stay(f.phase),
         Observation::NotRunning(nr) => match f.phase {
             // It died under a running Workspace: report it first, heal next time.
             Online => Plan::stay(Offline),
             Offline | Restarting if f.restart_policy == RestartPolicy::Never => Plan::stay(Offline),
-            Offline | Restarting => match nr.halt {
-                Halt::Stopped => Plan::new(Restarting, Action::Start),
-                Halt::Gone => Plan::new(Restarting, Action::Replace),
-                Halt::Stopping | Halt::Terminating => Plan::stay(f.phase),
-            },
+            Failed if f.restart_policy == RestartPolicy::Never => Plan::stay(Failed),
+            // A new restart (not one under way) waits for the gate.
+            Offline | Failed if matches!(nr.halt, Halt::Stopped | Halt::Gone) => {
+                match f.restart_gate {
+                    RestartGate::CrashLoop => Plan::stay(Failed),
+                    RestartGate::Wait(_) => Plan::stay(f.phase),
+                    RestartGate::Open => heal(nr.halt, f.phase),
+                }
+            }
+            Offline | Restarting => heal(nr.halt, f.phase),
             // The user asked for it back (or a launch is still settling).
             Pending | Provisioning | Stopping | Stopped | Hibernated | Failed => match nr.halt {
                 Halt::Stopped => Plan::new(Provisioning, Action::Start),
@@ -124,6 +135,15 @@ fn want_running(f: &Facts) -> Plan {
             },
             AwaitingAgent | Deleting => Plan::stay(f.phase),
         },
+    }
+}
+
+/// The step that brings a dead backend back: start in place, or replace.
+fn heal(halt: Halt, phase: Phase) -> Plan {
+    match halt {
+        Halt::Stopped => Plan::new(Phase::Restarting, Action::Start),
+        Halt::Gone => Plan::new(Phase::Restarting, Action::Replace),
+        Halt::Stopping | Halt::Terminating => Plan::stay(phase),
     }
 }
 

@@ -7,8 +7,10 @@
 
 mod decide;
 mod observation;
+pub mod restart;
 mod transition;
 
 pub use decide::{Action, Facts, Plan, decide};
 pub use observation::{Halt, NotRunning, Observation};
+pub use restart::RestartGate;
 pub use transition::{IllegalTransition, can_transition, transition};

@@ -7,11 +7,31 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::api::{Phase, condition};
 use crate::core::{Halt, Observation};
 
-/// Something that keeps a Workspace from being served, shown as `Ready=False`.
+/// Something that keeps a Workspace from being served (`Ready=False`), or
+/// makes its readiness uncertain (`Ready=Unknown`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    pub status: &'static str,
     pub reason: &'static str,
     pub message: String,
+}
+
+impl Problem {
+    pub fn failure(reason: &'static str, message: String) -> Self {
+        Problem {
+            status: "False",
+            reason,
+            message,
+        }
+    }
+
+    pub fn uncertain(reason: &'static str, message: String) -> Self {
+        Problem {
+            status: "Unknown",
+            reason,
+            message,
+        }
+    }
 }
 
 /// A condition before times are settled.
@@ -58,7 +78,7 @@ fn old<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
 fn ready(i: &Inputs) -> Wanted {
     use Phase::*;
     if let Some(p) = i.problem {
-        return wanted(condition::READY, "False", p.reason, &p.message);
+        return wanted(condition::READY, p.status, p.reason, &p.message);
     }
     let detail = i.detail.unwrap_or_default();
     match i.phase {

@@ -17,20 +17,25 @@ use kube::api::Api;
 use kube::runtime::controller::{self, Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 pub use conditions::Problem;
 pub use status::merge_diff;
 
 use crate::api::{
-    self, FINALIZER, ObservationRecord, Phase, RestartPolicy, RestartRecord, Runtime, Workspace,
-    WorkspaceStatus, condition,
+    self, FINALIZER, ObservationRecord, Phase, REFRESH_ANNOTATION, RETRY_ANNOTATION, RestartPolicy,
+    RestartRecord, Runtime, Workspace, WorkspaceStatus, condition,
 };
 use crate::backend::ec2::{AwsErrorKind, BackendError, Ec2Backend, Owner, Record, Step};
-use crate::core::{Action, Facts, IllegalTransition, Observation, Plan, decide, transition};
+use crate::core::{
+    Action, Facts, IllegalTransition, Observation, Plan, RestartGate, decide, restart, transition,
+};
 use crate::metrics::Metrics;
+use crate::sweep::{Hold, Snapshot};
 
 /// How the reconciler paces itself.
 #[derive(Debug, Clone)]
@@ -42,6 +47,11 @@ pub struct Settings {
     pub resync_interval: Duration,
     /// First delay after an error; doubles per consecutive error up to 10 min.
     pub error_backoff: Duration,
+    /// First delay between restarts of a dying backend; doubles up to 10 min.
+    pub restart_backoff: Duration,
+    /// The sweeper's interval: a snapshot answer younger than twice this is
+    /// fresh enough to act on.
+    pub sweep_interval: Duration,
     pub concurrency: u16,
 }
 
@@ -49,14 +59,23 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
-    pub ec2: Ec2Backend,
+    pub ec2: Arc<Ec2Backend>,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// Last `tend.dev/refresh` value acted upon, per Workspace uid.
+    refreshes: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
-    pub fn new(client: Client, ec2: Ec2Backend, settings: Settings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: Client,
+        ec2: Arc<Ec2Backend>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+    ) -> Self {
         let recorder = Recorder::new(client.clone(), "tend".into());
         Context {
             client,
@@ -64,7 +83,9 @@ impl Context {
             ec2,
             settings,
             metrics,
+            snapshot,
             failures: Mutex::new(HashMap::new()),
+            refreshes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -120,15 +141,22 @@ impl Error {
     }
 }
 
-/// Runs the Workspace controller until `shutdown` resolves.
+/// The Workspace controller; its `store()` is the cache the sweeper reads.
+pub fn new_controller(api: Api<Workspace>, concurrency: u16) -> Controller<Workspace> {
+    Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(controller::Config::default().concurrency(concurrency))
+}
+
+/// Runs the controller until `shutdown` resolves. `wake` carries the objects
+/// whose sweep answer changed.
 pub async fn run(
+    controller: Controller<Workspace>,
     ctx: Arc<Context>,
-    api: Api<Workspace>,
+    wake: impl futures::Stream<Item = ObjectRef<Workspace>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let config = controller::Config::default().concurrency(ctx.settings.concurrency);
-    Controller::new(api, watcher::Config::default().any_semantic())
-        .with_config(config)
+    controller
+        .reconcile_on(wake)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -176,6 +204,8 @@ struct Outcome {
     detail: Option<String>,
     record: Option<Record>,
     action: &'static str,
+    /// A new `tend.dev/retry` value: clears the restart history.
+    retry_handled: Option<String>,
 }
 
 impl Outcome {
@@ -183,10 +213,11 @@ impl Outcome {
         Outcome {
             phase,
             observation: None,
-            problem: Some(Problem { reason, message }),
+            problem: Some(Problem::failure(reason, message)),
             detail: None,
             record: None,
             action: "Validate",
+            retry_handled: None,
         }
     }
 }
@@ -233,27 +264,41 @@ async fn apply(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<Re
         name: &name,
     };
 
+    let now = Timestamp::now();
+    let retry = ws.annotations().get(RETRY_ANNOTATION).cloned();
+    let retry_handled = retry.filter(|r| old.handled_retry.as_ref() != Some(r));
+    let history: Vec<Timestamp> = if retry_handled.is_some() {
+        Vec::new()
+    } else {
+        old.recent_restarts.iter().map(|t| t.0).collect()
+    };
+    let gate = restart::gate(&history, now, ctx.settings.restart_backoff);
     let has_backend = old.instance_id.is_some();
-    let observation = if has_backend {
-        Some(ctx.ec2.observe(spec, &old, Timestamp::now()).await)
+    let look = if has_backend {
+        Some(look(ws, ctx, spec, &old, now).await)
     } else {
         None
     };
-    if let Some(obs) = &observation {
-        ctx.metrics.observed(obs);
-    }
     let unlaunched = Observation::Pending {
         detail: "nothing launched yet".into(),
     };
-    let held = phase == Phase::Failed && ready_reason(&old) == Some("CrashLoop");
+    let observation = look.as_ref().map(|l| &l.observation).unwrap_or(&unlaunched);
+    let suspected = look
+        .as_ref()
+        .is_some_and(|l| matches!(l.hold, Hold::Suspected { .. }));
+    let held = retry_handled.is_none()
+        && phase == Phase::Failed
+        && ready_reason(&old) == Some("CrashLoop");
     let plan = decide(&Facts {
         desired: ws.spec.desired_state,
         restart_policy: ws.spec.restart_policy,
         phase,
         deleting: false,
         has_backend,
-        observation: observation.as_ref().unwrap_or(&unlaunched),
+        observation,
         held,
+        suspected_outage: suspected,
+        restart_gate: gate,
     });
     if let Err(illegal) = transition(phase, plan.phase) {
         // A bug in the decision table; refuse rather than write a lie.
@@ -263,13 +308,29 @@ async fn apply(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<Re
 
     let mut outcome = Outcome {
         phase: plan.phase,
-        observation,
-        problem: None,
+        observation: look.as_ref().map(|l| l.observation.clone()),
+        problem: uncertainty(look.as_ref()),
         detail: None,
         record: None,
         action: action_name(plan.action),
+        retry_handled,
     };
-    let mut requeue = steady_requeue(ctx, plan.phase);
+    if plan.phase == Phase::Failed && phase != Phase::Failed && gate == RestartGate::CrashLoop {
+        outcome.problem = Some(Problem::failure(
+            "CrashLoop",
+            format!(
+                "restarted {} times within {} minutes; set the {RETRY_ANNOTATION} annotation to a new value to try again",
+                restart::CRASH_LOOP_RESTARTS,
+                restart::CRASH_LOOP_WINDOW.as_secs() / 60
+            ),
+        ));
+    }
+    let mut requeue = match gate {
+        RestartGate::Wait(wait) if plan.phase == Phase::Offline => {
+            wait.min(steady_requeue(ctx, plan.phase))
+        }
+        _ => steady_requeue(ctx, plan.phase),
+    };
     match execute(ws, ctx, spec, &old, &owner, plan).await {
         Ok(Step::Record(r)) => {
             outcome.record = Some(r);
@@ -291,6 +352,76 @@ async fn apply(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<Re
     Ok(Requeue::requeue(requeue))
 }
 
+/// One answer about the recorded instance, and what the sweeper adds to it.
+struct Look {
+    observation: Observation,
+    hold: Hold,
+    stale: bool,
+}
+
+/// The sweeper's answer if it is fresh (younger than two sweep intervals) and
+/// about the same instance; otherwise, or when `tend.dev/refresh` has a new
+/// value, one direct look.
+async fn look(
+    ws: &Workspace,
+    ctx: &Context,
+    spec: &api::Ec2Spec,
+    old: &WorkspaceStatus,
+    now: Timestamp,
+) -> Look {
+    let uid = ws.uid().unwrap_or_default();
+    let refresh = ws.annotations().get(REFRESH_ANNOTATION);
+    let forced =
+        refresh.is_some_and(|v| ctx.refreshes.lock().expect("refresh lock").get(&uid) != Some(v));
+    if !forced {
+        let snapshot = ctx.snapshot.borrow().clone();
+        if let Some(entry) = snapshot.get(&uid)
+            && old.instance_id.as_deref() == Some(entry.instance_id.as_str())
+            && Duration::try_from(now.duration_since(entry.observed_at)).unwrap_or(Duration::MAX)
+                < ctx.settings.sweep_interval * 2
+        {
+            return Look {
+                observation: entry.observation.clone(),
+                hold: entry.hold,
+                stale: entry.stale,
+            };
+        }
+    }
+    if let Some(value) = refresh {
+        ctx.refreshes
+            .lock()
+            .expect("refresh lock")
+            .insert(uid, value.clone());
+    }
+    let observation = ctx.ec2.observe(spec, old, now).await;
+    ctx.metrics.observed(&observation);
+    Look {
+        observation,
+        hold: Hold::None,
+        stale: false,
+    }
+}
+
+/// `Ready=Unknown` when the answer cannot be trusted yet, or is too old.
+fn uncertainty(look: Option<&Look>) -> Option<Problem> {
+    let look = look?;
+    match (&look.observation, look.hold) {
+        (Observation::NotRunning(nr), Hold::Suspected { .. }) => Some(Problem::uncertain(
+            "SuspectedProviderOutage",
+            format!(
+                "{} ({}), but too many Workspaces of its region or zone stopped at once; \
+                 acting only if the answer persists",
+                nr.message, nr.reason
+            ),
+        )),
+        (Observation::Unknown { error }, _) if look.stale => Some(Problem::uncertain(
+            "ObservationStale",
+            format!("no clean answer from the backend for too long; last error: {error}"),
+        )),
+        _ => None,
+    }
+}
+
 /// Turns a failed action into what the user sees.
 fn fail(
     outcome: &mut Outcome,
@@ -306,10 +437,7 @@ fn fail(
         BackendError::NotOwned { .. } => {
             warn!(workspace = %name, namespace = %ns, "refusing to touch a foreign resource: {message}");
             outcome.phase = phase;
-            outcome.problem = Some(Problem {
-                reason: "ForeignResource",
-                message,
-            });
+            outcome.problem = Some(Problem::failure("ForeignResource", message));
         }
         BackendError::Aws(aws) => {
             ctx.metrics.aws_error(aws.operation, aws.kind);
@@ -327,10 +455,7 @@ fn fail(
                 ),
                 AwsErrorKind::Auth => {
                     error!(workspace = %name, namespace = %ns, "AWS rejected tend's credentials: {message}");
-                    outcome.problem = Some(Problem {
-                        reason: "AwsAuthFailed",
-                        message,
-                    });
+                    outcome.problem = Some(Problem::failure("AwsAuthFailed", message));
                     outcome.phase = phase;
                 }
                 _ => {
@@ -349,7 +474,7 @@ fn failed(outcome: &mut Outcome, phase: Phase, reason: &'static str, message: St
     } else {
         phase
     };
-    outcome.problem = Some(Problem { reason, message });
+    outcome.problem = Some(Problem::failure(reason, message));
 }
 
 async fn execute(
@@ -496,12 +621,22 @@ async fn commit(
     if let Some(r) = &outcome.record {
         apply_record(&mut new, r);
     }
+    if let Some(retry) = &outcome.retry_handled {
+        new.handled_retry = Some(retry.clone());
+        new.recent_restarts.clear();
+    }
     if outcome.phase == Phase::Restarting && from != Phase::Restarting {
         new.restarts += 1;
         new.last_restart = Some(RestartRecord {
             at: Time(now),
             reason: ready_reason(old).unwrap_or("Offline").to_owned(),
         });
+        let mut history: Vec<Timestamp> = new.recent_restarts.iter().map(|t| t.0).collect();
+        history.push(now);
+        new.recent_restarts = restart::recent(&history, now)
+            .into_iter()
+            .map(Time)
+            .collect();
     }
     if let Some(obs) = &outcome.observation {
         record_observation(&mut new, obs, now);
@@ -527,6 +662,13 @@ async fn commit(
     }
     if from != outcome.phase {
         ctx.metrics.transition(outcome.phase);
+        match outcome.phase {
+            Phase::Offline => ctx
+                .metrics
+                .went_offline(ready_reason(&new).unwrap_or("Unknown")),
+            Phase::Restarting => ctx.metrics.restarted(),
+            _ => {}
+        }
         info!(workspace = %ws.name_any(), namespace = ?ws.namespace(), from = %from, to = %outcome.phase, "phase changed");
     }
     Ok(())
@@ -639,6 +781,7 @@ async fn cleanup(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<
             detail: Some("releasing the backend".into()),
             record: None,
             action: "Teardown",
+            retry_handled: None,
         };
         commit(ws, ctx, api, &old, outcome).await?;
     }

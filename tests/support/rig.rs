@@ -57,6 +57,14 @@ impl Rig {
             "1s",
             "--error-backoff",
             "200ms",
+            "--sweep-interval",
+            "500ms",
+            "--restart-backoff",
+            "200ms",
+            "--stale-after",
+            "2s",
+            "--not-found-grace",
+            "3s",
         ])
         .expect("test flags parse");
         Rig {

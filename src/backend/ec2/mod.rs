@@ -5,16 +5,18 @@
 //! did not create.
 
 mod errors;
+mod limits;
 mod ownership;
 mod state;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_ec2::Client;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    Filter, HibernationOptionsRequest, IamInstanceProfileSpecification,
+    Filter, HibernationOptionsRequest, IamInstanceProfileSpecification, Instance,
     InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceStateName,
     LaunchTemplateSpecification, MarketType, ResourceType, SpotInstanceType, SpotMarketOptions,
     Tag, TagSpecification, Volume, VolumeState, VolumeType,
@@ -22,6 +24,7 @@ use aws_sdk_ec2::types::{
 use jiff::Timestamp;
 
 pub use errors::{AwsError, AwsErrorKind, kind_of_code};
+pub use limits::{Family, Limits, Rate, TokenBucket};
 pub use ownership::{Owner, TAG_CLUSTER, TAG_LAUNCH, TAG_NAME, TAG_NAMESPACE, TAG_UID};
 pub use state::{classify_instance, classify_missing};
 
@@ -72,37 +75,111 @@ pub struct Ec2Settings {
 pub struct Ec2Backend {
     base: aws_sdk_ec2::Config,
     settings: Ec2Settings,
-    clients: Mutex<HashMap<String, Client>>,
+    limits: Arc<Limits>,
+    clients: Mutex<HashMap<String, Ec2Region>>,
+}
+
+/// One region's client and rate limits. Every EC2 call goes through `call`.
+#[derive(Clone)]
+pub struct Ec2Region {
+    client: Client,
+    read: Arc<TokenBucket>,
+    mutate: Arc<TokenBucket>,
+}
+
+impl std::ops::Deref for Ec2Region {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Ec2Region {
+    fn bucket(&self, family: Family) -> &TokenBucket {
+        match family {
+            Family::Read => &self.read,
+            Family::Mutate => &self.mutate,
+        }
+    }
+
+    /// Waits for a token of the call's family, then makes the call.
+    pub async fn call<T, E, R>(
+        &self,
+        family: Family,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, SdkError<E, R>>>,
+    ) -> Result<T, AwsError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        self.bucket(family).acquire().await;
+        self.call_with_token(family, operation, call).await
+    }
+
+    /// Makes a call whose token the caller already took (so that waiting for
+    /// the rate limiter does not eat into the call's timeout), classifies a
+    /// failure, and empties the bucket when AWS throttled it.
+    pub async fn call_with_token<T, E, R>(
+        &self,
+        family: Family,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, SdkError<E, R>>>,
+    ) -> Result<T, AwsError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let result = call.await.map_err(|e| AwsError::from_sdk(operation, e));
+        if let Err(e) = &result
+            && e.kind == AwsErrorKind::Throttled
+        {
+            self.bucket(family).drain();
+        }
+        result
+    }
 }
 
 impl Ec2Backend {
-    pub fn new(base: aws_sdk_ec2::Config, settings: Ec2Settings) -> Self {
+    pub fn new(base: aws_sdk_ec2::Config, settings: Ec2Settings, limits: Arc<Limits>) -> Self {
         Ec2Backend {
             base,
             settings,
+            limits,
             clients: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn region_of<'a>(&'a self, spec: &'a Ec2Spec) -> &'a str {
+        spec.region
+            .as_deref()
+            .unwrap_or(&self.settings.default_region)
     }
 
     pub fn settings(&self) -> &Ec2Settings {
         &self.settings
     }
 
-    fn client(&self, spec: &Ec2Spec) -> Client {
-        let region = spec
-            .region
-            .clone()
-            .unwrap_or_else(|| self.settings.default_region.clone());
+    fn client(&self, spec: &Ec2Spec) -> Ec2Region {
+        self.region(self.region_of(spec))
+    }
+
+    /// The client and rate limits of one region.
+    pub fn region(&self, region: &str) -> Ec2Region {
         let mut clients = self.clients.lock().expect("client map lock");
         clients
-            .entry(region.clone())
+            .entry(region.to_owned())
             .or_insert_with(|| {
                 let conf = self
                     .base
                     .to_builder()
-                    .region(aws_sdk_ec2::config::Region::new(region))
+                    .region(aws_sdk_ec2::config::Region::new(region.to_owned()))
                     .build();
-                Client::from_conf(conf)
+                Ec2Region {
+                    client: Client::from_conf(conf),
+                    read: self.limits.bucket(region, Family::Read),
+                    mutate: self.limits.bucket(region, Family::Mutate),
+                }
             })
             .clone()
     }
@@ -181,13 +258,17 @@ impl Ec2Backend {
             // Never two instances on one volume: attach only once it is free.
             Some(VolumeState::Available) => {
                 client
-                    .attach_volume()
-                    .volume_id(volume_id)
-                    .instance_id(instance_id)
-                    .device(&spec.volume.device_name)
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("AttachVolume", e))?;
+                    .call(
+                        Family::Mutate,
+                        "AttachVolume",
+                        client
+                            .attach_volume()
+                            .volume_id(volume_id)
+                            .instance_id(instance_id)
+                            .device(&spec.volume.device_name)
+                            .send(),
+                    )
+                    .await?;
                 Ok(Step::Wait(format!(
                     "attaching {volume_id} to {instance_id}"
                 )))
@@ -201,18 +282,22 @@ impl Ec2Backend {
 
     async fn ensure_volume(
         &self,
-        client: &Client,
+        client: &Ec2Region,
         spec: &Ec2Spec,
         owner: &Owner<'_>,
     ) -> Result<Step, BackendError> {
         // A volume created by an earlier attempt that never reached status.
         let existing = client
-            .describe_volumes()
-            .filters(tag_filter(TAG_UID, owner.uid))
-            .filters(tag_filter(TAG_CLUSTER, owner.cluster))
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("DescribeVolumes", e))?;
+            .call(
+                Family::Read,
+                "DescribeVolumes",
+                client
+                    .describe_volumes()
+                    .filters(tag_filter(TAG_UID, owner.uid))
+                    .filters(tag_filter(TAG_CLUSTER, owner.cluster))
+                    .send(),
+            )
+            .await?;
         if let Some(volume) = existing.volumes().iter().find(|v| {
             !matches!(
                 v.state(),
@@ -224,18 +309,22 @@ impl Ec2Backend {
         let zone = subnet_zone(client, &spec.subnet_id).await?;
         let v = &spec.volume;
         let created = client
-            .create_volume()
-            .availability_zone(&zone)
-            .size(v.size_gib)
-            .volume_type(VolumeType::from(v.volume_type.as_str()))
-            .set_iops(v.iops)
-            .set_throughput(v.throughput)
-            .tag_specifications(owner.tag_spec(ResourceType::Volume, spec, None))
-            .customize()
-            .config_override(single_attempt())
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("CreateVolume", e))?;
+            .call(
+                Family::Mutate,
+                "CreateVolume",
+                client
+                    .create_volume()
+                    .availability_zone(&zone)
+                    .size(v.size_gib)
+                    .volume_type(VolumeType::from(v.volume_type.as_str()))
+                    .set_iops(v.iops)
+                    .set_throughput(v.throughput)
+                    .tag_specifications(owner.tag_spec(ResourceType::Volume, spec, None))
+                    .customize()
+                    .config_override(single_attempt())
+                    .send(),
+            )
+            .await?;
         let id = created
             .volume_id()
             .ok_or_else(|| AwsError::malformed("CreateVolume", "no volume id"))?;
@@ -247,7 +336,7 @@ impl Ec2Backend {
 
     async fn launch(
         &self,
-        client: &Client,
+        client: &Ec2Region,
         spec: &Ec2Spec,
         owner: &Owner<'_>,
         zone: &str,
@@ -304,12 +393,13 @@ impl Ec2Backend {
         if let Some(spot) = &spec.spot {
             run = run.instance_market_options(spot_options(spot));
         }
-        let out = run
-            .customize()
-            .config_override(single_attempt())
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("RunInstances", e))?;
+        let out = client
+            .call(
+                Family::Mutate,
+                "RunInstances",
+                run.customize().config_override(single_attempt()).send(),
+            )
+            .await?;
         let instance = out
             .instances()
             .first()
@@ -327,11 +417,12 @@ impl Ec2Backend {
         let client = self.client(spec);
         let id = self.owned_instance(&client, status, owner).await?;
         client
-            .start_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("StartInstances", e))?;
+            .call(
+                Family::Mutate,
+                "StartInstances",
+                client.start_instances().instance_ids(id).send(),
+            )
+            .await?;
         Ok(())
     }
 
@@ -346,18 +437,22 @@ impl Ec2Backend {
         let client = self.client(spec);
         let id = self.owned_instance(&client, status, owner).await?;
         client
-            .stop_instances()
-            .instance_ids(id)
-            .hibernate(hibernate)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("StopInstances", e))?;
+            .call(
+                Family::Mutate,
+                "StopInstances",
+                client
+                    .stop_instances()
+                    .instance_ids(id)
+                    .hibernate(hibernate)
+                    .send(),
+            )
+            .await?;
         Ok(())
     }
 
     async fn owned_instance(
         &self,
-        client: &Client,
+        client: &Ec2Region,
         status: &WorkspaceStatus,
         owner: &Owner<'_>,
     ) -> Result<String, BackendError> {
@@ -408,11 +503,12 @@ impl Ec2Backend {
             }
             if !matches!(state, Some(InstanceStateName::ShuttingDown)) {
                 client
-                    .terminate_instances()
-                    .instance_ids(id)
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("TerminateInstances", e))?;
+                    .call(
+                        Family::Mutate,
+                        "TerminateInstances",
+                        client.terminate_instances().instance_ids(id).send(),
+                    )
+                    .await?;
             }
             waiting.push(id.to_owned());
         }
@@ -435,11 +531,12 @@ impl Ec2Backend {
         match volume.state() {
             Some(VolumeState::Available) => {
                 client
-                    .delete_volume()
-                    .volume_id(volume_id)
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("DeleteVolume", e))?;
+                    .call(
+                        Family::Mutate,
+                        "DeleteVolume",
+                        client.delete_volume().volume_id(volume_id).send(),
+                    )
+                    .await?;
                 Ok(Step::Done)
             }
             Some(VolumeState::Deleting | VolumeState::Deleted) => Ok(Step::Done),
@@ -469,15 +566,19 @@ fn tag_filter(key: &str, value: &str) -> Filter {
 /// Describes one instance by the `instance-id` filter: an unknown id yields
 /// an empty answer instead of failing the call.
 async fn describe_instance(
-    client: &Client,
+    client: &Ec2Region,
     id: &str,
 ) -> Result<Option<aws_sdk_ec2::types::Instance>, AwsError> {
     let out = client
-        .describe_instances()
-        .filters(Filter::builder().name("instance-id").values(id).build())
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk("DescribeInstances", e))?;
+        .call(
+            Family::Read,
+            "DescribeInstances",
+            client
+                .describe_instances()
+                .filters(Filter::builder().name("instance-id").values(id).build())
+                .send(),
+        )
+        .await?;
     Ok(out
         .reservations()
         .iter()
@@ -487,16 +588,20 @@ async fn describe_instance(
 }
 
 async fn tagged_instances(
-    client: &Client,
+    client: &Ec2Region,
     owner: &Owner<'_>,
 ) -> Result<Vec<aws_sdk_ec2::types::Instance>, AwsError> {
     let out = client
-        .describe_instances()
-        .filters(tag_filter(TAG_UID, owner.uid))
-        .filters(tag_filter(TAG_CLUSTER, owner.cluster))
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk("DescribeInstances", e))?;
+        .call(
+            Family::Read,
+            "DescribeInstances",
+            client
+                .describe_instances()
+                .filters(tag_filter(TAG_UID, owner.uid))
+                .filters(tag_filter(TAG_CLUSTER, owner.cluster))
+                .send(),
+        )
+        .await?;
     Ok(out
         .reservations()
         .iter()
@@ -507,18 +612,22 @@ async fn tagged_instances(
 
 /// An instance that an earlier attempt of launch `number` started.
 async fn find_launch(
-    client: &Client,
+    client: &Ec2Region,
     owner: &Owner<'_>,
     number: u32,
 ) -> Result<Option<Step>, BackendError> {
     let out = client
-        .describe_instances()
-        .filters(tag_filter(TAG_UID, owner.uid))
-        .filters(tag_filter(TAG_CLUSTER, owner.cluster))
-        .filters(tag_filter(TAG_LAUNCH, &number.to_string()))
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk("DescribeInstances", e))?;
+        .call(
+            Family::Read,
+            "DescribeInstances",
+            client
+                .describe_instances()
+                .filters(tag_filter(TAG_UID, owner.uid))
+                .filters(tag_filter(TAG_CLUSTER, owner.cluster))
+                .filters(tag_filter(TAG_LAUNCH, &number.to_string()))
+                .send(),
+        )
+        .await?;
     let alive = out
         .reservations()
         .iter()
@@ -564,13 +673,17 @@ fn volume_record(volume: &Volume) -> Result<Step, BackendError> {
     }))
 }
 
-async fn describe_volume(client: &Client, id: &str) -> Result<Option<Volume>, AwsError> {
+async fn describe_volume(client: &Ec2Region, id: &str) -> Result<Option<Volume>, AwsError> {
     let out = client
-        .describe_volumes()
-        .filters(Filter::builder().name("volume-id").values(id).build())
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk("DescribeVolumes", e))?;
+        .call(
+            Family::Read,
+            "DescribeVolumes",
+            client
+                .describe_volumes()
+                .filters(Filter::builder().name("volume-id").values(id).build())
+                .send(),
+        )
+        .await?;
     Ok(out
         .volumes()
         .iter()
@@ -578,13 +691,14 @@ async fn describe_volume(client: &Client, id: &str) -> Result<Option<Volume>, Aw
         .cloned())
 }
 
-async fn subnet_zone(client: &Client, subnet_id: &str) -> Result<String, BackendError> {
+async fn subnet_zone(client: &Ec2Region, subnet_id: &str) -> Result<String, BackendError> {
     let out = client
-        .describe_subnets()
-        .subnet_ids(subnet_id)
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk("DescribeSubnets", e))?;
+        .call(
+            Family::Read,
+            "DescribeSubnets",
+            client.describe_subnets().subnet_ids(subnet_id).send(),
+        )
+        .await?;
     out.subnets()
         .first()
         .and_then(|s| s.availability_zone())
@@ -595,16 +709,17 @@ async fn subnet_zone(client: &Client, subnet_id: &str) -> Result<String, Backend
 /// The spec's subnet if it lies in `zone`, else another subnet of the same VPC
 /// there: an EBS volume attaches only to an instance in its own zone.
 async fn subnet_in_zone(
-    client: &Client,
+    client: &Ec2Region,
     subnet_id: &str,
     zone: &str,
 ) -> Result<String, BackendError> {
     let out = client
-        .describe_subnets()
-        .subnet_ids(subnet_id)
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk("DescribeSubnets", e))?;
+        .call(
+            Family::Read,
+            "DescribeSubnets",
+            client.describe_subnets().subnet_ids(subnet_id).send(),
+        )
+        .await?;
     let subnet = out
         .subnets()
         .first()
@@ -614,17 +729,21 @@ async fn subnet_in_zone(
     }
     let vpc = subnet.vpc_id().unwrap_or_default();
     let others = client
-        .describe_subnets()
-        .filters(Filter::builder().name("vpc-id").values(vpc).build())
-        .filters(
-            Filter::builder()
-                .name("availability-zone")
-                .values(zone)
-                .build(),
+        .call(
+            Family::Read,
+            "DescribeSubnets",
+            client
+                .describe_subnets()
+                .filters(Filter::builder().name("vpc-id").values(vpc).build())
+                .filters(
+                    Filter::builder()
+                        .name("availability-zone")
+                        .values(zone)
+                        .build(),
+                )
+                .send(),
         )
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk("DescribeSubnets", e))?;
+        .await?;
     others
         .subnets()
         .first()
@@ -676,5 +795,62 @@ impl Owner<'_> {
             .resource_type(resource)
             .set_tags(Some(tags(self.tags(&spec.tags, launch))))
             .build()
+    }
+}
+
+impl Ec2Backend {
+    /// The describe-family bucket of a region.
+    pub fn read_bucket(&self, region: &str) -> Arc<TokenBucket> {
+        self.region(region).read.clone()
+    }
+
+    /// Describes a batch of instances with the `instance-id` filter, following
+    /// NextToken pages. Naming ids in `InstanceIds` would fail the whole call
+    /// on one unknown id; the filter just leaves unknown ids out. Terminated
+    /// instances are kept: their StateReason tells spot reclaim from a user's
+    /// shutdown. The caller holds the token for the first page.
+    pub async fn describe_batch(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> Result<Vec<Instance>, AwsError> {
+        let client = self.region(region);
+        let mut found = Vec::with_capacity(ids.len());
+        let mut token: Option<String> = None;
+        // Bounded: a batch of N ids can never need more than N pages.
+        for page_number in 0..=ids.len() {
+            if page_number > 0 {
+                client.read.acquire().await;
+            }
+            let filter = Filter::builder()
+                .name("instance-id")
+                .set_values(Some(ids.to_vec()))
+                .build();
+            let page = client
+                .call_with_token(
+                    Family::Read,
+                    "DescribeInstances",
+                    client
+                        .describe_instances()
+                        .filters(filter)
+                        .set_next_token(token.take())
+                        .send(),
+                )
+                .await?;
+            found.extend(
+                page.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .cloned(),
+            );
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return Ok(found),
+            }
+        }
+        Err(AwsError::malformed(
+            "DescribeInstances",
+            "more pages than ids",
+        ))
     }
 }

@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::core::{Halt, can_transition};
+use crate::core::{Halt, RestartGate, can_transition};
 
 fn unknown() -> Observation {
     Observation::Unknown {
@@ -28,6 +28,8 @@ fn facts(phase: Phase, desired: DesiredState, obs: &Observation) -> Facts<'_> {
         has_backend: true,
         observation: obs,
         held: false,
+        suspected_outage: false,
+        restart_gate: RestartGate::Open,
     }
 }
 
@@ -138,6 +140,55 @@ fn deletion_always_tears_down() {
 }
 
 #[test]
+fn restarts_wait_for_the_backoff() {
+    let obs = dead(Halt::Gone);
+    let f = Facts {
+        restart_gate: RestartGate::Wait(std::time::Duration::from_secs(5)),
+        ..facts(Phase::Offline, DesiredState::Running, &obs)
+    };
+    assert_eq!(decide(&f), Plan::stay(Phase::Offline));
+}
+
+#[test]
+fn a_crash_loop_fails_instead_of_restarting() {
+    let obs = dead(Halt::Gone);
+    let f = Facts {
+        restart_gate: RestartGate::CrashLoop,
+        ..facts(Phase::Offline, DesiredState::Running, &obs)
+    };
+    assert_eq!(decide(&f), Plan::stay(Phase::Failed));
+}
+
+#[test]
+fn a_restart_under_way_is_not_gated_again() {
+    let obs = dead(Halt::Gone);
+    let f = Facts {
+        restart_gate: RestartGate::Wait(std::time::Duration::from_secs(5)),
+        ..facts(Phase::Restarting, DesiredState::Running, &obs)
+    };
+    assert_eq!(decide(&f), Plan::new(Phase::Restarting, Action::Replace));
+}
+
+#[test]
+fn a_suspected_outage_is_not_acted_on() {
+    let obs = dead(Halt::Gone);
+    for phase in [Phase::Online, Phase::Offline] {
+        let f = Facts {
+            suspected_outage: true,
+            ..facts(phase, DesiredState::Running, &obs)
+        };
+        assert_eq!(decide(&f), Plan::stay(phase));
+    }
+}
+
+#[test]
+fn retry_after_a_crash_loop_restarts() {
+    let obs = dead(Halt::Gone);
+    let f = facts(Phase::Failed, DesiredState::Running, &obs);
+    assert_eq!(decide(&f), Plan::new(Phase::Restarting, Action::Replace));
+}
+
+#[test]
 fn held_failure_waits_for_a_human() {
     let obs = dead(Halt::Gone);
     let f = Facts {
@@ -171,6 +222,14 @@ fn any_halt() -> impl Strategy<Value = Halt> {
         Just(Halt::Stopped),
         Just(Halt::Terminating),
         Just(Halt::Gone)
+    ]
+}
+
+fn any_gate() -> impl Strategy<Value = RestartGate> {
+    prop_oneof![
+        Just(RestartGate::Open),
+        Just(RestartGate::CrashLoop),
+        Just(RestartGate::Wait(std::time::Duration::from_secs(1)))
     ]
 }
 
@@ -208,6 +267,8 @@ proptest! {
         has_backend in any::<bool>(),
         deleting in any::<bool>(),
         never in any::<bool>(),
+        suspected_outage in any::<bool>(),
+        restart_gate in any_gate(),
     ) {
         let f = Facts {
             desired,
@@ -217,6 +278,8 @@ proptest! {
             has_backend,
             observation: &obs,
             held: false,
+            suspected_outage,
+            restart_gate,
         };
         let plan = decide(&f);
         prop_assert!(can_transition(phase, plan.phase), "{phase} -> {}", plan.phase);
@@ -242,6 +305,19 @@ proptest! {
     ) {
         let path = play(start, DesiredState::Running, &answers);
         prop_assert!(!path.contains(&Phase::Offline), "{path:?}");
+    }
+
+    #[test]
+    fn a_suspected_outage_never_changes_the_phase(
+        phase in any_phase(),
+        halt in any_halt(),
+    ) {
+        let obs = dead(halt);
+        let f = Facts { suspected_outage: true, ..facts(phase, DesiredState::Running, &obs) };
+        let plan = decide(&f);
+        if phase != Phase::Deleting {
+            prop_assert_eq!(plan, Plan::stay(phase));
+        }
     }
 
     #[test]

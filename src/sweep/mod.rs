@@ -1,0 +1,341 @@
+//! The sweeper: asks EC2 about every Workspace that should be running, in
+//! batches, and publishes the answers as one immutable snapshot. It never writes
+//! status; it wakes the reconciler for the objects whose answer changed.
+
+mod batch;
+mod breaker;
+mod snapshot;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::mpsc::UnboundedSender;
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use batch::{Answer, BatchSettings, CallStats, Describer, describe_all};
+pub use breaker::{BreakerSettings, Sample, Trip, assess};
+pub use snapshot::{Entry, Hold, Snapshot};
+
+use crate::api::{Phase, Runtime, Workspace};
+use crate::backend::ec2::{classify_instance, classify_missing};
+use crate::core::Observation;
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct SweepSettings {
+    pub interval: Duration,
+    pub batch: BatchSettings,
+    pub max_per_sweep: usize,
+    pub stale_after: Duration,
+    pub not_found_grace: Duration,
+    pub breaker: BreakerSettings,
+    pub default_region: String,
+}
+
+/// A Workspace the sweeper looks at.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub uid: String,
+    pub object: ObjectRef<Workspace>,
+    pub region: String,
+    pub instance_id: String,
+    pub volume_id: Option<String>,
+    pub launched_at: Option<Timestamp>,
+}
+
+/// Whether the sweeper watches this Workspace: ec2, not being deleted, with an
+/// instance, and meant to be running (Online, or Offline/Restarting being
+/// healed). Stopped, Hibernated, Provisioning, Failed and the rest are left to
+/// the reconciler's own looks.
+pub fn in_scope(ws: &Workspace) -> bool {
+    let status = ws.status.as_ref();
+    ws.spec.runtime == Runtime::Ec2
+        && ws.metadata.deletion_timestamp.is_none()
+        && status.is_some_and(|s| s.instance_id.is_some())
+        && matches!(
+            status.and_then(|s| s.phase),
+            Some(Phase::Online | Phase::Offline | Phase::Restarting)
+        )
+}
+
+pub fn target(ws: &Workspace, default_region: &str) -> Option<Target> {
+    if !in_scope(ws) {
+        return None;
+    }
+    let status = ws.status.as_ref()?;
+    Some(Target {
+        uid: ws.uid()?,
+        object: ObjectRef::from_obj(ws),
+        region: ws
+            .spec
+            .ec2
+            .as_ref()
+            .and_then(|e| e.region.clone())
+            .unwrap_or_else(|| default_region.to_owned()),
+        instance_id: status.instance_id.clone()?,
+        volume_id: status.volume_id.clone(),
+        launched_at: status.launched_at.as_ref().map(|t| t.0),
+    })
+}
+
+/// Least recently observed first, so a fleet larger than the per-sweep cap is
+/// covered over several sweeps.
+pub fn fair_order(targets: &mut Vec<Target>, previous: &Snapshot, max: usize) {
+    targets.sort_by_key(|t| {
+        previous
+            .get(&t.uid)
+            .filter(|e| e.instance_id == t.instance_id)
+            .map(|e| e.observed_at)
+    });
+    targets.truncate(max);
+}
+
+/// What one sweep concluded.
+#[derive(Debug, Clone, Default)]
+pub struct SweepReport {
+    pub sweep: u64,
+    pub in_scope: usize,
+    pub observed: usize,
+    pub changed: Vec<ObjectRef<Workspace>>,
+    pub trips: Vec<Trip>,
+    pub calls: CallStats,
+    pub duration: Duration,
+}
+
+/// Builds the next snapshot from the previous one and this sweep's answers.
+/// Pure: the clock comes in as `now`.
+pub fn assemble(
+    previous: &Snapshot,
+    in_scope: &[Target],
+    swept: &[Target],
+    answers: &HashMap<String, Answer>,
+    now: Timestamp,
+    settings: &SweepSettings,
+) -> (Snapshot, Vec<ObjectRef<Workspace>>, Vec<Trip>) {
+    let mut observed: Vec<(&Target, Observation, Option<String>)> = Vec::with_capacity(swept.len());
+    for t in swept {
+        let (obs, zone) = match answers.get(&t.instance_id) {
+            Some(Answer::Found(instance)) => (
+                classify_instance(instance, t.volume_id.as_deref()),
+                instance
+                    .placement()
+                    .and_then(|p| p.availability_zone())
+                    .map(str::to_owned),
+            ),
+            Some(Answer::Missing) => {
+                let age = t
+                    .launched_at
+                    .map(|at| Duration::try_from(now.duration_since(at)).unwrap_or_default());
+                (
+                    classify_missing(&t.instance_id, age, settings.not_found_grace),
+                    None,
+                )
+            }
+            Some(Answer::Failed(error)) => (
+                Observation::Unknown {
+                    error: error.clone(),
+                },
+                None,
+            ),
+            None => (
+                Observation::Unknown {
+                    error: "not described".into(),
+                },
+                None,
+            ),
+        };
+        observed.push((t, obs, zone));
+    }
+
+    let before = |t: &Target| {
+        previous
+            .get(&t.uid)
+            .filter(|e| e.instance_id == t.instance_id)
+    };
+    let zones: Vec<Option<String>> = observed
+        .iter()
+        .map(|(t, _, zone)| {
+            zone.clone()
+                .or_else(|| before(t).and_then(|e| e.zone.clone()))
+        })
+        .collect();
+    let samples: Vec<Sample> = observed
+        .iter()
+        .zip(&zones)
+        .map(|((t, obs, _), zone)| Sample {
+            uid: &t.uid,
+            region: &t.region,
+            zone: zone.as_deref(),
+            now: obs,
+            before: before(t),
+        })
+        .collect();
+    let (holds, trips) = assess(&samples, &settings.breaker);
+
+    let mut next = Snapshot {
+        sweep: previous.sweep + 1,
+        finished_at: Some(now),
+        entries: HashMap::with_capacity(in_scope.len()),
+    };
+    // Objects not swept this time keep their last answer.
+    for t in in_scope {
+        if let Some(e) = before(t) {
+            next.entries.insert(t.uid.clone(), e.clone());
+        }
+    }
+    let mut changed = Vec::new();
+    for (i, (t, obs, _)) in observed.iter().enumerate() {
+        let before = samples[i].before;
+        let clean = !matches!(obs, Observation::Unknown { .. });
+        let last_clean_at = if clean {
+            now
+        } else {
+            before.map(|e| e.last_clean_at).unwrap_or(now)
+        };
+        let unknown_for = Duration::try_from(now.duration_since(last_clean_at)).unwrap_or_default();
+        let entry = Entry {
+            instance_id: t.instance_id.clone(),
+            observation: obs.clone(),
+            observed_at: now,
+            last_clean_at,
+            stale: !clean && unknown_for > settings.stale_after,
+            zone: zones[i].clone(),
+            hold: holds.get(&t.uid).copied().unwrap_or(Hold::None),
+        };
+        if before.is_none_or(|old| entry.differs_for_reconciler(old)) {
+            changed.push(t.object.clone());
+        }
+        next.entries.insert(t.uid.clone(), entry);
+    }
+    (next, changed, trips)
+}
+
+/// The sweeper task.
+pub struct Sweeper<D: Describer> {
+    describer: Arc<D>,
+    settings: SweepSettings,
+    store: Store<Workspace>,
+    published: watch::Sender<Arc<Snapshot>>,
+    wake: UnboundedSender<ObjectRef<Workspace>>,
+    metrics: Arc<Metrics>,
+}
+
+impl<D: Describer> Sweeper<D> {
+    pub fn new(
+        describer: Arc<D>,
+        settings: SweepSettings,
+        store: Store<Workspace>,
+        published: watch::Sender<Arc<Snapshot>>,
+        wake: UnboundedSender<ObjectRef<Workspace>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Sweeper {
+            describer,
+            settings,
+            store,
+            published,
+            wake,
+            metrics,
+        }
+    }
+
+    /// Sweeps every interval until cancelled; cancellation also abandons a
+    /// sweep in progress.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.settings.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    info!("sweep cancelled");
+                    break;
+                }
+                report = self.sweep_once() => {
+                    debug!(sweep = report.sweep, observed = report.observed, changed = report.changed.len(), duration = ?report.duration, "sweep done");
+                }
+            }
+        }
+    }
+
+    /// One sweep: scope, describe, assess, publish, wake.
+    pub async fn sweep_once(&self) -> SweepReport {
+        let started = tokio::time::Instant::now();
+        let previous = self.published.borrow().clone();
+        let in_scope: Vec<Target> = self
+            .store
+            .state()
+            .iter()
+            .filter_map(|ws| target(ws, &self.settings.default_region))
+            .collect();
+        let mut swept = in_scope.clone();
+        fair_order(&mut swept, &previous, self.settings.max_per_sweep);
+
+        let mut ids_by_region: HashMap<String, Vec<String>> = HashMap::new();
+        for t in &swept {
+            ids_by_region
+                .entry(t.region.clone())
+                .or_default()
+                .push(t.instance_id.clone());
+        }
+        let deadline = started
+            + self
+                .settings
+                .interval
+                .max(self.settings.batch.probe_timeout);
+        let (answers, calls) = describe_all(
+            &*self.describer,
+            &ids_by_region,
+            self.settings.batch,
+            deadline,
+        )
+        .await;
+        let now = Timestamp::now();
+        let (next, changed, trips) =
+            assemble(&previous, &in_scope, &swept, &answers, now, &self.settings);
+
+        for trip in &trips {
+            warn!(
+                region = %trip.region,
+                zone = ?trip.zone,
+                not_running = trip.newly_not_running,
+                observed = trip.observed,
+                "circuit breaker tripped: holding NotRunning answers as a suspected provider outage"
+            );
+            self.metrics
+                .breaker_tripped(&trip.region, trip.zone.as_deref());
+        }
+        for entry in next.entries.values() {
+            if entry.observed_at == now {
+                self.metrics.observed(&entry.observation);
+            }
+            if let Ok(age) = Duration::try_from(now.duration_since(entry.last_clean_at)) {
+                self.metrics.observation_age(age);
+            }
+        }
+        let report = SweepReport {
+            sweep: next.sweep,
+            in_scope: in_scope.len(),
+            observed: swept.len(),
+            changed: changed.clone(),
+            trips,
+            calls,
+            duration: started.elapsed(),
+        };
+        self.metrics.swept(&report);
+        self.published.send_replace(Arc::new(next));
+        for object in changed {
+            let _ = self.wake.unbounded_send(object);
+        }
+        report
+    }
+}

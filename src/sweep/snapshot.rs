@@ -1,0 +1,68 @@
+//! The sweeper's published results: one immutable snapshot per sweep, swapped
+//! whole, so a reader never sees half a sweep.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+
+use crate::core::Observation;
+
+/// What the circuit breaker says about acting on a NotRunning answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Act on the answer.
+    None,
+    /// Too many died at once in this region or zone: do not act yet.
+    /// `sweeps` counts consecutive sweeps with the same answer.
+    Suspected { sweeps: u32 },
+    /// Held long enough and let through in this wave: act.
+    Released,
+}
+
+/// The latest answer about one Workspace's instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub instance_id: String,
+    pub observation: Observation,
+    /// When this answer was obtained.
+    pub observed_at: Timestamp,
+    /// The last time any clean (non-Unknown) answer was obtained; starts when
+    /// the sweeper first saw the object.
+    pub last_clean_at: Timestamp,
+    /// Only Unknown answers for longer than `--stale-after`.
+    pub stale: bool,
+    pub zone: Option<String>,
+    pub hold: Hold,
+}
+
+impl Entry {
+    /// Whether the reconciler should see a change compared to `old`.
+    pub fn differs_for_reconciler(&self, old: &Entry) -> bool {
+        self.instance_id != old.instance_id
+            || self.observation.state_name() != old.observation.state_name()
+            || not_running_reason(&self.observation) != not_running_reason(&old.observation)
+            || self.stale != old.stale
+            || self.hold != old.hold
+    }
+}
+
+fn not_running_reason(obs: &Observation) -> Option<&str> {
+    match obs {
+        Observation::NotRunning(nr) => Some(&nr.reason),
+        _ => None,
+    }
+}
+
+/// All answers of one sweep, keyed by Workspace uid.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub sweep: u64,
+    pub finished_at: Option<Timestamp>,
+    pub entries: HashMap<String, Entry>,
+}
+
+impl Snapshot {
+    pub fn get(&self, uid: &str) -> Option<&Entry> {
+        self.entries.get(uid)
+    }
+}
