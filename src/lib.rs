@@ -137,16 +137,16 @@ pub async fn run_controller(
         wake,
         metrics.clone(),
     );
-    let cancel = CancellationToken::new();
-    let sweeping = tokio::spawn(sweeper.run(cancel.clone()));
     let ctx = Arc::new(Context::new(client, backend, settings, metrics, snapshot));
     ready.store(true, Ordering::Relaxed);
+    // Both run inside this one future, so dropping it stops both.
+    let cancel = CancellationToken::new();
     let stop_sweeping = cancel.clone();
-    reconciler::run(controller, ctx, woken, async move {
-        shutdown.await;
-        stop_sweeping.cancel();
-    })
-    .await;
-    cancel.cancel();
-    let _ = sweeping.await;
+    tokio::join!(
+        sweeper.run(cancel),
+        reconciler::run(controller, ctx, woken, async move {
+            shutdown.await;
+            stop_sweeping.cancel();
+        }),
+    );
 }

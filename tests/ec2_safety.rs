@@ -55,7 +55,14 @@ async fn crash_after_the_launch_but_before_recording_it_adopts_the_same_instance
     rig.proxy
         .inject(FaultRule::on("RunInstances").times(1).forward_then_reset());
     let ws = rig.create(&rig.ec2_workspace("dev")).await;
-    rig.proxy.wait_for_calls("RunInstances", 1).await;
+    rig.proxy
+        .wait_for("the lost RunInstances answer", |calls| {
+            calls.iter().any(|c| {
+                c.action == "RunInstances"
+                    && matches!(c.outcome, support::faults::Outcome::Dropped { .. })
+            })
+        })
+        .await;
     rig.crash_controller().await;
     assert_eq!(alive_instances(&rig, &ws).await.len(), 1);
     assert!(

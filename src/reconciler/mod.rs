@@ -359,9 +359,11 @@ struct Look {
     stale: bool,
 }
 
-/// The sweeper's answer if it is fresh (younger than two sweep intervals) and
-/// about the same instance; otherwise, or when `tend.dev/refresh` has a new
-/// value, one direct look.
+/// The sweeper's answer if it is fresh (younger than two sweep intervals),
+/// about the same instance, and the Workspace is settled (Online or Offline);
+/// otherwise, or when `tend.dev/refresh` has a new value, one direct look.
+/// While tend itself is changing the backend (launching, starting, stopping,
+/// restarting) an answer from before that change would mislead.
 async fn look(
     ws: &Workspace,
     ctx: &Context,
@@ -373,13 +375,15 @@ async fn look(
     let refresh = ws.annotations().get(REFRESH_ANNOTATION);
     let forced =
         refresh.is_some_and(|v| ctx.refreshes.lock().expect("refresh lock").get(&uid) != Some(v));
-    if !forced {
+    let settled = matches!(old.phase, Some(Phase::Online | Phase::Offline));
+    if !forced && settled {
         let snapshot = ctx.snapshot.borrow().clone();
         if let Some(entry) = snapshot.get(&uid)
             && old.instance_id.as_deref() == Some(entry.instance_id.as_str())
             && Duration::try_from(now.duration_since(entry.observed_at)).unwrap_or(Duration::MAX)
                 < ctx.settings.sweep_interval * 2
         {
+            debug!(workspace = %ws.name_any(), sweep = snapshot.sweep, "using the sweep's answer");
             return Look {
                 observation: entry.observation.clone(),
                 hold: entry.hold,
@@ -394,6 +398,7 @@ async fn look(
             .insert(uid, value.clone());
     }
     let observation = ctx.ec2.observe(spec, old, now).await;
+    debug!(workspace = %ws.name_any(), forced, ?observation, "looked directly");
     ctx.metrics.observed(&observation);
     Look {
         observation,

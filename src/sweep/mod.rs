@@ -248,6 +248,24 @@ impl<D: Describer> Sweeper<D> {
     /// Sweeps every interval until cancelled; cancellation also abandons a
     /// sweep in progress.
     pub async fn run(self, cancel: CancellationToken) {
+        // Sweeping an empty cache would cover nothing for a whole interval, so
+        // wait until the first list is in. The store's readiness signal wakes
+        // only the last of several waiters (the controller waits too), so look
+        // again every half second rather than trusting one wake-up.
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                ready = tokio::time::timeout(Duration::from_millis(500), self.store.wait_until_ready()) => match ready {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => {
+                        warn!("the Workspace cache was dropped before it was ready; not sweeping");
+                        return;
+                    }
+                    Err(_) => continue,
+                },
+            }
+        }
+        debug!("sweeper started");
         let mut ticker = tokio::time::interval(self.settings.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -339,3 +357,6 @@ impl<D: Describer> Sweeper<D> {
         report
     }
 }
+
+#[cfg(test)]
+mod tests;

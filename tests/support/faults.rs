@@ -73,6 +73,9 @@ pub enum Fault {
     ForwardThenReset,
     /// HTTP 200 whose body is not EC2 XML. The request is not forwarded.
     Malformed,
+    /// Forward, then replace every `find` in upstream's answer with `replace`:
+    /// for answers moto cannot give, such as a spot reclaim's StateReason.
+    Rewrite { find: String, replace: String },
     /// HTTP 200 announcing a longer body than is sent, then the connection is
     /// closed mid-body. The request is not forwarded.
     Truncated,
@@ -192,6 +195,13 @@ impl RuleBuilder {
 
     pub fn forward_then_reset(self) -> FaultRule {
         self.fault(Fault::ForwardThenReset)
+    }
+
+    pub fn rewrite(self, find: &str, replace: &str) -> FaultRule {
+        self.fault(Fault::Rewrite {
+            find: find.to_owned(),
+            replace: replace.to_owned(),
+        })
     }
 
     pub fn malformed(self) -> FaultRule {
@@ -553,6 +563,19 @@ async fn handle(
                 upstream_status: None,
             });
             Err(Abort)
+        }
+        Some(Fault::Rewrite { find, replace }) => {
+            let (response, outcome) = forward(&state, &parts, body).await;
+            settle(outcome);
+            let (mut head, body) = response.into_parts();
+            let bytes = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes).replace(&find, &replace);
+            head.headers.remove(header::CONTENT_LENGTH);
+            Ok(Response::from_parts(head, full(Bytes::from(text))))
         }
         Some(Fault::Malformed) => {
             settle(Outcome::Injected { status: 200 });

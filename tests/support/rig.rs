@@ -29,6 +29,7 @@ pub struct Rig {
     pub zone: String,
     pub ami: String,
     pub args: RunArgs,
+    pub metrics: Arc<Metrics>,
     controller: Option<(JoinHandle<()>, oneshot::Sender<()>)>,
 }
 
@@ -75,6 +76,7 @@ impl Rig {
             zone,
             ami,
             args,
+            metrics: Arc::new(Metrics::default()),
             controller: None,
         }
     }
@@ -102,6 +104,8 @@ impl Rig {
         let (tx, rx) = oneshot::channel();
         let args = self.args.clone();
         let client = self.kube.client();
+        self.metrics = Arc::new(Metrics::default());
+        let metrics = self.metrics.clone();
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = rx.await;
@@ -110,7 +114,7 @@ impl Rig {
                 &args,
                 client,
                 ec2,
-                Arc::new(Metrics::default()),
+                metrics,
                 Arc::new(AtomicBool::new(false)),
                 shutdown,
             )
@@ -125,6 +129,23 @@ impl Rig {
             task.abort();
             let _ = task.await;
         }
+    }
+
+    /// Sweeps the running controller has finished, read from its metrics.
+    pub fn sweeps(&self) -> u64 {
+        self.metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("tend_sweep_duration_seconds_count "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until the running controller has finished `n` sweeps.
+    pub async fn wait_sweeps(&self, n: u64) {
+        self.kube
+            .wait_for(WAIT, &format!("{n} sweeps"), |_| self.sweeps() >= n)
+            .await;
     }
 
     pub fn workspaces(&self) -> Api<Workspace> {

@@ -1,0 +1,327 @@
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use aws_sdk_ec2::types::{
+    EbsInstanceBlockDevice, Instance, InstanceBlockDeviceMapping, InstanceState, InstanceStateName,
+    Placement,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::watcher;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::*;
+use crate::backend::ec2::{AwsError, AwsErrorKind, TokenBucket};
+
+/// A describer that answers from a script.
+struct Scripted {
+    bucket: Arc<TokenBucket>,
+    /// A call naming this id fails.
+    poison: Option<String>,
+    kind: AwsErrorKind,
+    hang: bool,
+    calls: AtomicUsize,
+    sizes: Mutex<Vec<usize>>,
+    called: Notify,
+}
+
+impl Scripted {
+    fn new() -> Self {
+        Scripted {
+            bucket: Arc::new(TokenBucket::new(1e6, 1_000_000)),
+            poison: None,
+            kind: AwsErrorKind::Transient,
+            hang: false,
+            calls: AtomicUsize::new(0),
+            sizes: Mutex::new(Vec::new()),
+            called: Notify::new(),
+        }
+    }
+}
+
+fn running(id: &str) -> Instance {
+    Instance::builder()
+        .instance_id(id)
+        .state(
+            InstanceState::builder()
+                .name(InstanceStateName::Running)
+                .build(),
+        )
+        .placement(Placement::builder().availability_zone("us-east-1a").build())
+        .block_device_mappings(
+            InstanceBlockDeviceMapping::builder()
+                .ebs(
+                    EbsInstanceBlockDevice::builder()
+                        .volume_id(format!("vol-{id}"))
+                        .build(),
+                )
+                .build(),
+        )
+        .build()
+}
+
+impl Describer for Scripted {
+    fn read_bucket(&self, _region: &str) -> Arc<TokenBucket> {
+        self.bucket.clone()
+    }
+
+    async fn describe(&self, _region: &str, ids: &[String]) -> Result<Vec<Instance>, AwsError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.sizes.lock().unwrap().push(ids.len());
+        self.called.notify_one();
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        if let Some(bad) = &self.poison
+            && ids.contains(bad)
+        {
+            return Err(AwsError {
+                operation: "DescribeInstances",
+                kind: self.kind,
+                code: Some("InternalError".into()),
+                message: "boom".into(),
+            });
+        }
+        // Odd-numbered ids (i-00001 ...) do not exist.
+        Ok(ids
+            .iter()
+            .filter(|id| !(id.starts_with("i-0") && id.ends_with(['1', '3', '5', '7', '9'])))
+            .map(|id| running(id))
+            .collect())
+    }
+}
+
+fn ids(n: usize) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "us-east-1".to_owned(),
+        (0..n).map(|i| format!("i-{i:05}")).collect(),
+    )])
+}
+
+fn batch() -> BatchSettings {
+    BatchSettings {
+        batch_size: 200,
+        probe_timeout: Duration::from_secs(10),
+        max_in_flight: 8,
+    }
+}
+
+fn far() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(60)
+}
+
+#[tokio::test]
+async fn one_call_per_batch_when_nothing_errors() {
+    let d = Scripted::new();
+    let (answers, stats) = describe_all(&d, &ids(1000), batch(), far()).await;
+    assert_eq!(d.calls.load(Ordering::SeqCst), 5);
+    assert_eq!(stats.ok, 5);
+    assert_eq!(answers.len(), 1000);
+    assert!(matches!(answers["i-00002"], Answer::Found(_)));
+    // Absent from a successful answer: missing, not failed.
+    assert!(matches!(answers["i-00003"], Answer::Missing));
+}
+
+#[tokio::test]
+async fn a_failing_batch_is_bisected_until_only_the_bad_id_is_unknown() {
+    let d = Scripted {
+        poison: Some("i-00136".into()),
+        ..Scripted::new()
+    };
+    let (answers, _) = describe_all(&d, &ids(200), batch(), far()).await;
+    let failed: Vec<&String> = answers
+        .iter()
+        .filter(|(_, a)| matches!(a, Answer::Failed(_)))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(failed, vec!["i-00136"]);
+    assert_eq!(answers.len(), 200);
+    // 1 + 2 per halving level: bounded by 2 log2(200) + 1.
+    assert!(
+        d.calls.load(Ordering::SeqCst) <= 17,
+        "{:?}",
+        d.sizes.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn throttling_is_not_bisected() {
+    let d = Scripted {
+        poison: Some("i-00136".into()),
+        kind: AwsErrorKind::Throttled,
+        ..Scripted::new()
+    };
+    let (answers, stats) = describe_all(&d, &ids(200), batch(), far()).await;
+    assert_eq!(d.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.throttled, 1);
+    assert!(answers.values().all(|a| matches!(a, Answer::Failed(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_call_times_out_and_the_deadline_bounds_the_sweep() {
+    let d = Scripted {
+        hang: true,
+        ..Scripted::new()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (answers, stats) = describe_all(&d, &ids(400), batch(), deadline).await;
+    assert!(tokio::time::Instant::now() <= deadline);
+    assert!(stats.timed_out >= 1);
+    assert_eq!(answers.len(), 400);
+    assert!(answers.values().all(|a| matches!(a, Answer::Failed(_))));
+}
+
+fn workspace(name: &str, phase: &str, runtime: &str, deleting: bool) -> Workspace {
+    let mut ws: Workspace = serde_json::from_value(json!({
+        "apiVersion": "tend.dev/v1alpha1",
+        "kind": "Workspace",
+        "metadata": { "name": name, "namespace": "default", "uid": format!("uid-{name}") },
+        "spec": { "runtime": runtime, "ec2": { "instanceType": "t3.micro", "imageId": "ami-1", "subnetId": "subnet-1" } },
+        "status": { "phase": phase, "instanceId": format!("i-{name}"), "volumeId": format!("vol-i-{name}") }
+    }))
+    .unwrap();
+    if deleting {
+        ws.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    }
+    ws
+}
+
+#[test]
+fn scope_is_what_should_be_running() {
+    for phase in ["Online", "Offline", "Restarting"] {
+        assert!(in_scope(&workspace("a", phase, "ec2", false)), "{phase}");
+    }
+    for phase in [
+        "Stopped",
+        "Hibernated",
+        "Provisioning",
+        "Failed",
+        "Stopping",
+        "Pending",
+        "Deleting",
+    ] {
+        assert!(!in_scope(&workspace("a", phase, "ec2", false)), "{phase}");
+    }
+    assert!(!in_scope(&workspace("a", "Online", "external", false)));
+    assert!(
+        !in_scope(&workspace("a", "Online", "ec2", true)),
+        "being deleted"
+    );
+}
+
+fn settings() -> SweepSettings {
+    SweepSettings {
+        interval: Duration::from_secs(60),
+        batch: batch(),
+        max_per_sweep: 20_000,
+        stale_after: Duration::from_secs(300),
+        not_found_grace: Duration::from_secs(300),
+        breaker: BreakerSettings {
+            max_offline_fraction: 0.2,
+            min_fleet: 10,
+            hold_sweeps: 3,
+            max_restarts_per_sweep: 50,
+        },
+        default_region: "us-east-1".into(),
+    }
+}
+
+#[test]
+fn least_recently_observed_go_first_and_the_cap_holds() {
+    let targets: Vec<Target> = (0..5)
+        .map(|i| {
+            target(
+                &workspace(&format!("w{i}"), "Online", "ec2", false),
+                "us-east-1",
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut previous = Snapshot::default();
+    for (i, t) in targets.iter().enumerate() {
+        if i != 3 {
+            previous.entries.insert(
+                t.uid.clone(),
+                Entry {
+                    instance_id: t.instance_id.clone(),
+                    observation: Observation::Running,
+                    observed_at: Timestamp::from_second(1000 + i as i64).unwrap(),
+                    last_clean_at: Timestamp::UNIX_EPOCH,
+                    stale: false,
+                    zone: None,
+                    hold: Hold::None,
+                },
+            );
+        }
+    }
+    let mut order = targets.clone();
+    fair_order(&mut order, &previous, 3);
+    let names: Vec<&str> = order.iter().map(|t| t.object.name.as_str()).collect();
+    assert_eq!(names, vec!["w3", "w0", "w1"]);
+}
+
+#[tokio::test]
+async fn a_steady_sweep_wakes_nothing() {
+    let targets: Vec<Target> = (0..50)
+        .map(|i| {
+            target(
+                &workspace(&format!("w{i:02}"), "Online", "ec2", false),
+                "us-east-1",
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut by_region: HashMap<String, Vec<String>> = HashMap::new();
+    for t in &targets {
+        by_region
+            .entry(t.region.clone())
+            .or_default()
+            .push(t.instance_id.clone());
+    }
+    let d = Scripted::new();
+    let (answers, _) = describe_all(&d, &by_region, batch(), far()).await;
+    let now = Timestamp::now();
+    let (first, woken, _) = assemble(
+        &Snapshot::default(),
+        &targets,
+        &targets,
+        &answers,
+        now,
+        &settings(),
+    );
+    assert_eq!(woken.len(), 50, "first answers wake everyone once");
+    let (_, woken, _) = assemble(&first, &targets, &targets, &answers, now, &settings());
+    assert!(woken.is_empty(), "{woken:?}");
+}
+
+#[tokio::test]
+async fn cancelling_stops_a_sweep_in_progress() {
+    let (store, mut writer) = kube::runtime::reflector::store::<Workspace>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitApply(workspace(
+        "w", "Online", "ec2", false,
+    )));
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    let describer = Arc::new(Scripted {
+        hang: true,
+        ..Scripted::new()
+    });
+    let (published, _snapshot) = watch::channel(Arc::new(Snapshot::default()));
+    let (wake, _woken) = futures::channel::mpsc::unbounded();
+    let sweeper = Sweeper::new(
+        describer.clone(),
+        settings(),
+        store,
+        published,
+        wake,
+        Arc::new(Metrics::default()),
+    );
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(sweeper.run(cancel.clone()));
+    describer.called.notified().await;
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the sweeper stops promptly")
+        .unwrap();
+}
