@@ -1,6 +1,7 @@
 //! `make demo`: runs the real `tend run` binary against a sandbox Kubernetes API
 //! server and moto, applies `examples/workspace-ec2.yaml`, and prints the
-//! Workspace's timeline as it comes online, stops, starts and is deleted.
+//! Workspace's timeline as it comes online, dies behind tend's back and is
+//! healed on the same volume, stops, starts and is deleted.
 //! No cluster and no AWS account needed.
 
 #[path = "../tests/support/fake_kube.rs"]
@@ -50,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         .args(["--ec2-endpoint", moto.url()])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .args(["--progress-interval", "500ms", "--resync-interval", "2s"])
+        .args(["--sweep-interval", "2s"])
         .env("KUBECONFIG", &kubeconfig)
         .env("AWS_ACCESS_KEY_ID", "demo")
         .env("AWS_SECRET_ACCESS_KEY", "demo")
@@ -83,6 +85,32 @@ async fn main() -> anyhow::Result<()> {
     timeline
         .until(&kube, &say, |p| p == Some(Phase::Online))
         .await?;
+
+    // Kill the instance behind tend's back, as a spot reclaim or a console
+    // click would; the sweeper notices and tend heals it on the same volume.
+    let dead = status_of(&api).await?.instance_id.unwrap_or_default();
+    say(&format!(
+        "aws ec2 terminate-instances --instance-ids {dead}   (behind tend's back)"
+    ));
+    moto.ec2()
+        .terminate_instances()
+        .instance_ids(&dead)
+        .send()
+        .await?;
+    timeline
+        .until(&kube, &say, |p| p != Some(Phase::Online))
+        .await?;
+    timeline
+        .until(&kube, &say, |p| p == Some(Phase::Online))
+        .await?;
+    let healed = status_of(&api).await?;
+    say(&format!(
+        "healed: instance {} replaced by {} on the same volume {} (restarts: {})",
+        dead,
+        healed.instance_id.as_deref().unwrap_or("-"),
+        healed.volume_id.as_deref().unwrap_or("-"),
+        healed.restarts
+    ));
 
     say("kubectl patch ws alice-dev --type merge -p '{\"spec\":{\"desiredState\":\"Stopped\"}}'");
     patch(&api, json!({ "desiredState": "Stopped" })).await?;
@@ -123,6 +151,10 @@ async fn main() -> anyhow::Result<()> {
     let _ = tend.wait().await;
     say("done");
     Ok(())
+}
+
+async fn status_of(api: &Api<Workspace>) -> anyhow::Result<tend::api::WorkspaceStatus> {
+    Ok(api.get(NAME).await?.status.unwrap_or_default())
 }
 
 async fn patch(api: &Api<Workspace>, spec: Value) -> anyhow::Result<()> {

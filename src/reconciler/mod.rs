@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::controller::{self, Action as Requeue, Controller};
@@ -660,7 +660,16 @@ async fn commit(
     }
     status::write(api, ws, old, &new).await?;
 
-    for event in events_for(old, &new, &outcome) {
+    // The recorder folds repeats of the same reason and action into one event
+    // series; naming the instance as the related object keeps a new
+    // instance's events apart from the old one's.
+    let instance = new.instance_id.as_ref().map(|id| ObjectReference {
+        kind: Some("EC2Instance".into()),
+        name: Some(id.clone()),
+        ..Default::default()
+    });
+    for mut event in events_for(old, &new, &outcome) {
+        event.secondary = instance.clone();
         if let Err(e) = ctx.recorder.publish(&event, &ws.object_ref(&())).await {
             warn!(workspace = %ws.name_any(), "could not publish event {}: {e}", event.reason);
         }
@@ -725,9 +734,12 @@ fn events_for(old: &WorkspaceStatus, new: &WorkspaceStatus, outcome: &Outcome) -
                 EventType::Normal
             },
             reason,
+            // No "from" phase in the note: the recorder folds repeats of an
+            // event into a series that keeps the first note, so the note must
+            // be as true the second time as the first.
             note: Some(match note {
-                Some(n) => format!("{from} -> {}: {n}", outcome.phase),
-                None => format!("{from} -> {}", outcome.phase),
+                Some(n) => format!("now {}: {n}", outcome.phase),
+                None => format!("now {}", outcome.phase),
             }),
             action: outcome.action.to_owned(),
             secondary: None,
