@@ -20,9 +20,9 @@ demo: $(MOTO)
 ## Run every test (unit, property and integration).
 test: $(MOTO)
 	@if cargo nextest --version >/dev/null 2>&1; then \
-		cargo nextest run --all-targets --no-fail-fast; \
+		cargo nextest run --lib --bins --tests --no-fail-fast; \
 	else \
-		cargo test --all-targets --no-fail-fast; \
+		cargo test --lib --bins --tests --no-fail-fast; \
 	fi
 
 ## Regenerate the committed CRD from the code.
