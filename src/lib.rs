@@ -24,7 +24,7 @@ use crate::backend::ec2::{Ec2Backend, Ec2Settings, Limits, Rate};
 use crate::config::RunArgs;
 use crate::metrics::Metrics;
 use crate::reconciler::{Context, Settings};
-use crate::sweep::{BatchSettings, BreakerSettings, Snapshot, SweepSettings, Sweeper};
+use crate::sweep::{Snapshot, SweepSettings, Sweeper};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -114,24 +114,7 @@ pub async fn run_controller(
     let (wake, woken) = futures::channel::mpsc::unbounded();
     let sweeper = Sweeper::new(
         backend.clone(),
-        SweepSettings {
-            interval: args.sweep_interval,
-            batch: BatchSettings {
-                batch_size: args.batch_size as usize,
-                probe_timeout: args.probe_timeout,
-                max_in_flight: args.max_in_flight,
-            },
-            max_per_sweep: args.max_per_sweep,
-            stale_after: args.stale_after,
-            not_found_grace: args.not_found_grace,
-            breaker: BreakerSettings {
-                max_offline_fraction: args.max_offline_fraction,
-                min_fleet: 10,
-                hold_sweeps: 3,
-                max_restarts_per_sweep: args.max_restarts_per_sweep,
-            },
-            default_region,
-        },
+        SweepSettings::from_args(args, &default_region),
         controller.store(),
         published,
         wake,

@@ -38,6 +38,30 @@ pub struct SweepSettings {
     pub default_region: String,
 }
 
+impl SweepSettings {
+    /// The settings `tend run` uses for these flags.
+    pub fn from_args(args: &crate::config::RunArgs, default_region: &str) -> Self {
+        SweepSettings {
+            interval: args.sweep_interval,
+            batch: BatchSettings {
+                batch_size: args.batch_size as usize,
+                probe_timeout: args.probe_timeout,
+                max_in_flight: args.max_in_flight,
+            },
+            max_per_sweep: args.max_per_sweep,
+            stale_after: args.stale_after,
+            not_found_grace: args.not_found_grace,
+            breaker: BreakerSettings {
+                max_offline_fraction: args.max_offline_fraction,
+                min_fleet: 10,
+                hold_sweeps: 3,
+                max_restarts_per_sweep: args.max_restarts_per_sweep,
+            },
+            default_region: default_region.to_owned(),
+        }
+    }
+}
+
 /// A Workspace the sweeper looks at.
 #[derive(Debug, Clone)]
 pub struct Target {

@@ -99,11 +99,7 @@ fn ids(n: usize) -> HashMap<String, Vec<String>> {
 }
 
 fn batch() -> BatchSettings {
-    BatchSettings {
-        batch_size: 200,
-        probe_timeout: Duration::from_secs(10),
-        max_in_flight: 8,
-    }
+    settings().batch
 }
 
 fn far() -> tokio::time::Instant {
@@ -209,21 +205,10 @@ fn scope_is_what_should_be_running() {
     );
 }
 
+/// The defaults of `tend run`.
 fn settings() -> SweepSettings {
-    SweepSettings {
-        interval: Duration::from_secs(60),
-        batch: batch(),
-        max_per_sweep: 20_000,
-        stale_after: Duration::from_secs(300),
-        not_found_grace: Duration::from_secs(300),
-        breaker: BreakerSettings {
-            max_offline_fraction: 0.2,
-            min_fleet: 10,
-            hold_sweeps: 3,
-            max_restarts_per_sweep: 50,
-        },
-        default_region: "us-east-1".into(),
-    }
+    let args = crate::config::RunArgs::from_flags(["--region", "us-east-1"]).unwrap();
+    SweepSettings::from_args(&args, "us-east-1")
 }
 
 #[test]
