@@ -21,6 +21,9 @@ pub struct Facts<'a> {
     pub suspected_outage: bool,
     /// Whether a restart may start now (backoff, crash loop).
     pub restart_gate: RestartGate,
+    /// The last restart is old enough that a stopped answer is news, not
+    /// EC2 catching up with the StartInstances call.
+    pub restart_settled: bool,
 }
 
 /// What the reconciler should do next.
@@ -66,7 +69,8 @@ pub fn decide(f: &Facts) -> Plan {
     if f.deleting || f.phase == Deleting {
         return Plan::new(Deleting, Action::Teardown);
     }
-    if f.held {
+    // A crash loop waits for a human, but never blocks a user's stop.
+    if f.held && f.desired == DesiredState::Running {
         return Plan::stay(f.phase);
     }
     match f.desired {
@@ -122,6 +126,10 @@ fn want_running(f: &Facts) -> Plan {
                     RestartGate::Open => heal(nr.halt, f.phase),
                 }
             }
+            // The replacement (or restarted instance) died too: report it, and
+            // let the next restart pass the gate, so it is counted and backs off.
+            Restarting if nr.halt == Halt::Gone => Plan::stay(Offline),
+            Restarting if nr.halt == Halt::Stopped && f.restart_settled => Plan::stay(Offline),
             Offline | Restarting => heal(nr.halt, f.phase),
             // The user asked for it back (or a launch is still settling).
             Pending | Provisioning | Stopping | Stopped | Hibernated | Failed => match nr.halt {

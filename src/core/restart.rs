@@ -9,6 +9,9 @@ use jiff::Timestamp;
 /// More than this many restarts within `CRASH_LOOP_WINDOW` is a crash loop.
 pub const CRASH_LOOP_RESTARTS: usize = 5;
 pub const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(30 * 60);
+/// How long after a StartInstances a `stopped` answer may still be EC2
+/// catching up rather than a new death.
+pub const SETTLE: Duration = Duration::from_secs(30);
 /// The backoff doubles from the base up to this.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
 

@@ -299,6 +299,9 @@ async fn apply(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<Re
         held,
         suspected_outage: suspected,
         restart_gate: gate,
+        restart_settled: old.last_restart.as_ref().is_none_or(|r| {
+            Duration::try_from(now.duration_since(r.at.0)).unwrap_or_default() >= restart::SETTLE
+        }),
     });
     if let Err(illegal) = transition(phase, plan.phase) {
         // A bug in the decision table; refuse rather than write a lie.
@@ -376,20 +379,32 @@ async fn look(
     let forced =
         refresh.is_some_and(|v| ctx.refreshes.lock().expect("refresh lock").get(&uid) != Some(v));
     let settled = matches!(old.phase, Some(Phase::Online | Phase::Offline));
-    if !forced && settled {
-        let snapshot = ctx.snapshot.borrow().clone();
-        if let Some(entry) = snapshot.get(&uid)
-            && old.instance_id.as_deref() == Some(entry.instance_id.as_str())
-            && Duration::try_from(now.duration_since(entry.observed_at)).unwrap_or(Duration::MAX)
-                < ctx.settings.sweep_interval * 2
-        {
-            debug!(workspace = %ws.name_any(), sweep = snapshot.sweep, "using the sweep's answer");
-            return Look {
-                observation: entry.observation.clone(),
-                hold: entry.hold,
-                stale: entry.stale,
-            };
-        }
+    let snapshot = ctx.snapshot.borrow().clone();
+    let entry = snapshot
+        .get(&uid)
+        .filter(|e| old.instance_id.as_deref() == Some(e.instance_id.as_str()));
+    // Nothing tend recorded since may be newer than the sweep's answer: not
+    // the last answer written to status, and not the last restart.
+    let newest_known = [
+        old.observation.as_ref().map(|o| o.observed_at.0),
+        old.last_restart.as_ref().map(|r| r.at.0),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    if !forced
+        && settled
+        && let Some(entry) = entry
+        && Duration::try_from(now.duration_since(entry.observed_at)).unwrap_or(Duration::MAX)
+            < ctx.settings.sweep_interval * 2
+        && newest_known.is_none_or(|t| entry.observed_at >= t)
+    {
+        debug!(workspace = %ws.name_any(), sweep = snapshot.sweep, "using the sweep's answer");
+        return Look {
+            observation: entry.observation.clone(),
+            hold: entry.hold,
+            stale: entry.stale,
+        };
     }
     if let Some(value) = refresh {
         ctx.refreshes
@@ -400,9 +415,21 @@ async fn look(
     let observation = ctx.ec2.observe(spec, old, now).await;
     debug!(workspace = %ws.name_any(), forced, ?observation, "looked directly");
     ctx.metrics.observed(&observation);
+    let dead = matches!(observation, Observation::NotRunning(_));
+    let hold = match entry {
+        // A direct look that agrees with a held sweep answer stays held.
+        Some(e) if dead && matches!(e.hold, Hold::Suspected { .. }) => e.hold,
+        // Before the first sweep, the circuit breaker has not seen the fleet:
+        // a death under a running Workspace waits for it (a few seconds after
+        // start-up) instead of escaping it.
+        _ if dead && snapshot.sweep == 0 && old.phase == Some(Phase::Online) => {
+            Hold::Suspected { sweeps: 0 }
+        }
+        _ => Hold::None,
+    };
     Look {
         observation,
-        hold: Hold::None,
+        hold,
         stale: false,
     }
 }
@@ -419,9 +446,12 @@ fn uncertainty(look: Option<&Look>) -> Option<Problem> {
                 nr.message, nr.reason
             ),
         )),
-        (Observation::Unknown { error }, _) if look.stale => Some(Problem::uncertain(
+        // No error text: it varies from look to look, and each change would
+        // be another write and event for every stale Workspace.
+        (Observation::Unknown { .. }, _) if look.stale => Some(Problem::uncertain(
             "ObservationStale",
-            format!("no clean answer from the backend for too long; last error: {error}"),
+            "no clean answer from the backend for longer than --stale-after; see BackendRunning"
+                .to_owned(),
         )),
         _ => None,
     }

@@ -2,8 +2,8 @@
 //!
 //! One call per batch of ids; a batch that fails is split in halves until the
 //! failing ids are isolated, so one bad id never poisons the rest. Throttling
-//! is never bisected (that would multiply the calls AWS just refused); the
-//! whole batch is Unknown and the bucket is already drained.
+//! and timeouts are never bisected (that would multiply the calls AWS just
+//! refused, or the slow ones); the whole batch is Unknown.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

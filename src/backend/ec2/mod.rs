@@ -250,9 +250,10 @@ impl Ec2Backend {
             return Ok(Step::Done);
         }
         owner.check(instance_id, instance.tags())?;
-        let volume = describe_volume(&client, volume_id).await?.ok_or_else(|| {
-            BackendError::Invalid(format!("data volume {volume_id} no longer exists"))
-        })?;
+        // Right after CreateVolume EC2 may not list it yet: not a failure.
+        let Some(volume) = describe_volume(&client, volume_id).await? else {
+            return Ok(Step::Wait(format!("{volume_id} is not visible yet")));
+        };
         owner.check(volume_id, volume.tags())?;
         match volume.state() {
             // Never two instances on one volume: attach only once it is free.

@@ -30,6 +30,7 @@ fn facts(phase: Phase, desired: DesiredState, obs: &Observation) -> Facts<'_> {
         held: false,
         suspected_outage: false,
         restart_gate: RestartGate::Open,
+        restart_settled: true,
     }
 }
 
@@ -160,13 +161,38 @@ fn a_crash_loop_fails_instead_of_restarting() {
 }
 
 #[test]
-fn a_restart_under_way_is_not_gated_again() {
+fn a_replacement_that_dies_goes_offline_so_the_next_restart_is_gated_and_counted() {
     let obs = dead(Halt::Gone);
-    let f = Facts {
-        restart_gate: RestartGate::Wait(std::time::Duration::from_secs(5)),
+    let f = facts(Phase::Restarting, DesiredState::Running, &obs);
+    assert_eq!(decide(&f), Plan::stay(Phase::Offline));
+}
+
+#[test]
+fn a_stopped_answer_right_after_a_start_is_not_a_new_death() {
+    let obs = dead(Halt::Stopped);
+    let settling = Facts {
+        restart_settled: false,
         ..facts(Phase::Restarting, DesiredState::Running, &obs)
     };
-    assert_eq!(decide(&f), Plan::new(Phase::Restarting, Action::Replace));
+    assert_eq!(
+        decide(&settling),
+        Plan::new(Phase::Restarting, Action::Start)
+    );
+    let settled = facts(Phase::Restarting, DesiredState::Running, &obs);
+    assert_eq!(decide(&settled), Plan::stay(Phase::Offline));
+}
+
+#[test]
+fn a_crash_loop_does_not_block_a_user_stop() {
+    let obs = Observation::Running;
+    let f = Facts {
+        held: true,
+        ..facts(Phase::Failed, DesiredState::Stopped, &obs)
+    };
+    assert_eq!(
+        decide(&f),
+        Plan::new(Phase::Stopping, Action::Stop { hibernate: false })
+    );
 }
 
 #[test]
@@ -280,6 +306,7 @@ proptest! {
             held: false,
             suspected_outage,
             restart_gate,
+            restart_settled: true,
         };
         let plan = decide(&f);
         prop_assert!(can_transition(phase, plan.phase), "{phase} -> {}", plan.phase);
