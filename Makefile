@@ -25,6 +25,10 @@ test: $(MOTO)
 		cargo test --lib --bins --tests --no-fail-fast; \
 	fi
 
+## Benchmark the sweep (simulated EC2, paused clock) and detection end to end (moto); see BENCHMARKS.md.
+bench: $(MOTO)
+	cargo bench --bench sweep
+
 ## Regenerate the committed CRD from the code.
 crd:
 	cargo run --quiet --bin tend -- crd > crds/workspace.yaml

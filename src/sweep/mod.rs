@@ -108,14 +108,15 @@ pub fn target(ws: &Workspace, default_region: &str) -> Option<Target> {
     })
 }
 
-/// Least recently observed first, so a fleet larger than the per-sweep cap is
-/// covered over several sweeps.
+/// Least recently *answered* first (never-seen ones before all), so a fleet
+/// larger than the per-sweep cap is covered over several sweeps, and the ones a
+/// sweep ran out of time for go first in the next.
 pub fn fair_order(targets: &mut Vec<Target>, previous: &Snapshot, max: usize) {
     targets.sort_by_key(|t| {
         previous
             .get(&t.uid)
             .filter(|e| e.instance_id == t.instance_id)
-            .map(|e| e.observed_at)
+            .map(|e| e.last_clean_at)
     });
     targets.truncate(max);
 }

@@ -230,8 +230,8 @@ fn least_recently_observed_go_first_and_the_cap_holds() {
                 Entry {
                     instance_id: t.instance_id.clone(),
                     observation: Observation::Running,
-                    observed_at: Timestamp::from_second(1000 + i as i64).unwrap(),
-                    last_clean_at: Timestamp::UNIX_EPOCH,
+                    observed_at: Timestamp::from_second(5000).unwrap(),
+                    last_clean_at: Timestamp::from_second(1000 + i as i64).unwrap(),
                     stale: false,
                     zone: None,
                     hold: Hold::None,
@@ -243,6 +243,16 @@ fn least_recently_observed_go_first_and_the_cap_holds() {
     fair_order(&mut order, &previous, 3);
     let names: Vec<&str> = order.iter().map(|t| t.object.name.as_str()).collect();
     assert_eq!(names, vec!["w3", "w0", "w1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drained_bucket_waits_instead_of_spinning() {
+    let b = TokenBucket::new(15.0, 75);
+    b.drain();
+    for _ in 0..20 {
+        b.acquire().await;
+    }
+    assert!(b.available() < 1.0);
 }
 
 #[tokio::test]

@@ -42,7 +42,9 @@ impl TokenBucket {
                     s.0 -= 1.0;
                     return start.elapsed();
                 }
-                Duration::from_secs_f64((1.0 - s.0) / self.rate)
+                // At least a millisecond: a deficit that rounds to a zero sleep
+                // would spin without letting the clock move.
+                Duration::from_secs_f64((1.0 - s.0) / self.rate).max(Duration::from_millis(1))
             };
             tokio::time::sleep(wait).await;
         }
