@@ -93,7 +93,7 @@ pub struct RunArgs {
     pub batch_size: u32,
 
     /// At most this many Workspaces are described per sweep, least recently
-    /// observed first; a larger fleet is covered over several sweeps.
+    /// answered first; a larger fleet is covered over several sweeps.
     #[arg(long, env = "TEND_MAX_PER_SWEEP", default_value_t = 20000)]
     pub max_per_sweep: usize,
 
