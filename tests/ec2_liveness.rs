@@ -382,6 +382,8 @@ async fn crash_loop_fails_and_retry_annotation_starts_over() {
 async fn circuit_breaker_holds_a_mass_death_then_heals_in_waves() {
     let mut rig = Rig::new().await;
     rig.args.max_restarts_per_sweep = 2;
+    // Long enough that the three-sweep hold can be watched.
+    rig.args.sweep_interval = Duration::from_secs(1);
     rig.start_controller().await;
     let mut fleet = Vec::new();
     for i in 0..10 {
@@ -392,10 +394,15 @@ async fn circuit_breaker_holds_a_mass_death_then_heals_in_waves() {
     }
     let launches = rig.proxy.calls("RunInstances");
     assert_eq!(launches, 10);
-    // Half the fleet dies in one sweep: far above --max-offline-fraction 0.2.
-    for ws in &fleet[..5] {
-        rig.moto.terminate(&instance_of(ws)).await;
-    }
+    // Half the fleet dies at once (one call, so no sweep sees only part of
+    // it): far above --max-offline-fraction 0.2.
+    rig.moto
+        .ec2()
+        .terminate_instances()
+        .set_instance_ids(Some(fleet[..5].iter().map(instance_of).collect()))
+        .send()
+        .await
+        .unwrap();
     for i in 0..5 {
         let name = format!("ws{i}");
         let held = rig

@@ -285,7 +285,7 @@ async fn apply(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<Re
     let observation = look.as_ref().map(|l| &l.observation).unwrap_or(&unlaunched);
     let suspected = look
         .as_ref()
-        .is_some_and(|l| matches!(l.hold, Hold::Suspected { .. }));
+        .is_some_and(|l| l.await_sweep || matches!(l.hold, Hold::Suspected { .. }));
     let held = retry_handled.is_none()
         && phase == Phase::Failed
         && ready_reason(&old) == Some("CrashLoop");
@@ -360,6 +360,8 @@ struct Look {
     observation: Observation,
     hold: Hold,
     stale: bool,
+    /// A death seen outside the sweep: wait for the sweep to confirm it.
+    await_sweep: bool,
 }
 
 /// The sweeper's answer if it is fresh (younger than two sweep intervals),
@@ -404,6 +406,7 @@ async fn look(
             observation: entry.observation.clone(),
             hold: entry.hold,
             stale: entry.stale,
+            await_sweep: false,
         };
     }
     if let Some(value) = refresh {
@@ -416,21 +419,19 @@ async fn look(
     debug!(workspace = %ws.name_any(), forced, ?observation, "looked directly");
     ctx.metrics.observed(&observation);
     let dead = matches!(observation, Observation::NotRunning(_));
+    // A direct look that agrees with a held sweep answer stays held.
     let hold = match entry {
-        // A direct look that agrees with a held sweep answer stays held.
         Some(e) if dead && matches!(e.hold, Hold::Suspected { .. }) => e.hold,
-        // Before the first sweep, the circuit breaker has not seen the fleet:
-        // a death under a running Workspace waits for it (a few seconds after
-        // start-up) instead of escaping it.
-        _ if dead && snapshot.sweep == 0 && old.phase == Some(Phase::Online) => {
-            Hold::Suspected { sweeps: 0 }
-        }
         _ => Hold::None,
     };
     Look {
         observation,
         hold,
         stale: false,
+        // Only the sweep sees the whole fleet, so only the sweep (and its
+        // circuit breaker) may take a running Workspace offline; a user's
+        // refresh is the one exception.
+        await_sweep: dead && !forced && old.phase == Some(Phase::Online),
     }
 }
 
