@@ -320,3 +320,32 @@ async fn cancelling_stops_a_sweep_in_progress() {
         .expect("the sweeper stops promptly")
         .unwrap();
 }
+
+#[test]
+fn unknown_answers_turn_stale_only_after_stale_after() {
+    let t = target(&workspace("w", "Online", "ec2", false), "us-east-1").unwrap();
+    let now = Timestamp::from_second(100_000).unwrap();
+    let failed = HashMap::from([(t.instance_id.clone(), Answer::Failed("throttled".into()))]);
+    let stale_after = settings().stale_after.as_secs() as i64;
+    for (clean_ago, stale) in [(stale_after - 1, false), (stale_after + 1, true)] {
+        let mut previous = Snapshot::default();
+        previous.entries.insert(
+            t.uid.clone(),
+            Entry {
+                instance_id: t.instance_id.clone(),
+                observation: Observation::Running,
+                observed_at: now,
+                last_clean_at: Timestamp::from_second(100_000 - clean_ago).unwrap(),
+                stale: false,
+                zone: None,
+                hold: Hold::None,
+            },
+        );
+        let targets = vec![t.clone()];
+        let (next, _, _) = assemble(&previous, &targets, &targets, &failed, now, &settings());
+        let entry = next.get(&t.uid).unwrap();
+        assert!(matches!(entry.observation, Observation::Unknown { .. }));
+        assert_eq!(entry.stale, stale, "clean answer {clean_ago}s ago");
+        assert_eq!(entry.last_clean_at.as_second(), 100_000 - clean_ago);
+    }
+}

@@ -831,10 +831,15 @@ impl Ec2Backend {
                 .call_with_token(
                     Family::Read,
                     "DescribeInstances",
+                    // One attempt: bisection and the next sweep are the
+                    // retries, and SDK back-off would hold an in-flight slot
+                    // and eat into the sweep's deadline.
                     client
                         .describe_instances()
                         .filters(filter)
                         .set_next_token(token.take())
+                        .customize()
+                        .config_override(single_attempt())
                         .send(),
                 )
                 .await?;
