@@ -35,6 +35,17 @@ async fn online(rig: &Rig, name: &str) -> Workspace {
     rig.wait_phase(name, Phase::Online).await
 }
 
+/// Waits until `name` is Online again after `restarts` restarts.
+async fn wait_online_after(rig: &Rig, name: &str, restarts: u32) -> Workspace {
+    let what = format!("{name} online after {restarts} restart(s)");
+    rig.wait_ws(name, &what, |w| {
+        w.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Some(Phase::Online) && s.restarts == restarts)
+    })
+    .await
+}
+
 async fn annotate(rig: &Rig, name: &str, key: &str, value: &str) {
     rig.workspaces()
         .patch(
@@ -193,12 +204,7 @@ async fn mixed_batch_heals_only_the_dead() {
     );
     rig.moto.terminate(&instance_of(&dead)).await;
 
-    rig.wait_ws("dead", "healed", |w| {
-        w.status
-            .as_ref()
-            .is_some_and(|s| s.phase == Some(Phase::Online) && s.restarts == 1)
-    })
-    .await;
+    wait_online_after(&rig, "dead", 1).await;
     let erroring = rig
         .wait_ws("erroring", "Unknown", |w| {
             has_condition(w, "BackendRunning", "Unknown", "ObservationFailed")
@@ -260,13 +266,7 @@ async fn not_found_inside_the_grace_period_is_unknown_and_after_it_is_healed() {
         .await;
     assert_eq!(waiting.status.unwrap().phase, Some(Phase::Online));
     rig.wait_event("dev", "InstanceNotFound").await;
-    let healed = rig
-        .wait_ws("dev", "replaced", |w| {
-            w.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Some(Phase::Online) && s.restarts == 1)
-        })
-        .await;
+    let healed = wait_online_after(&rig, "dev", 1).await;
     assert_ne!(instance_of(&healed), "i-0123456789abcdef0");
     assert_ne!(instance_of(&healed), real);
 }
@@ -284,13 +284,7 @@ async fn spot_termination_is_healed_with_reason_spot_interrupted() {
         ));
     rig.moto.terminate(&id).await;
     rig.wait_event("dev", "SpotInterrupted").await;
-    let healed = rig
-        .wait_ws("dev", "replaced", |w| {
-            w.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Some(Phase::Online) && s.restarts == 1)
-        })
-        .await;
+    let healed = wait_online_after(&rig, "dev", 1).await;
     assert_eq!(
         healed.status.unwrap().last_restart.map(|r| r.reason),
         Some("SpotInterrupted".to_owned())
@@ -304,13 +298,7 @@ async fn external_stop_is_healed_by_starting_in_place() {
     let id = instance_of(&ws);
     rig.moto.stop(&id).await;
     rig.wait_event("dev", "InstanceStoppedExternally").await;
-    let healed = rig
-        .wait_ws("dev", "started again", |w| {
-            w.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Some(Phase::Online) && s.restarts == 1)
-        })
-        .await;
+    let healed = wait_online_after(&rig, "dev", 1).await;
     assert_eq!(instance_of(&healed), id, "started in place, not replaced");
     assert_eq!(rig.proxy.calls("RunInstances"), 1);
     assert!(rig.proxy.calls("StartInstances") >= 1);
@@ -342,13 +330,7 @@ async fn crash_loop_fails_and_retry_annotation_starts_over() {
     let mut ws = online(&rig, "dev").await;
     for restarts in 1..=5 {
         rig.moto.terminate(&instance_of(&ws)).await;
-        ws = rig
-            .wait_ws("dev", &format!("restart {restarts}"), |w| {
-                w.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase == Some(Phase::Online) && s.restarts == restarts)
-            })
-            .await;
+        ws = wait_online_after(&rig, "dev", restarts).await;
     }
     rig.moto.terminate(&instance_of(&ws)).await;
     let failed = rig.wait_phase("dev", Phase::Failed).await;
@@ -369,13 +351,7 @@ async fn crash_loop_fails_and_retry_annotation_starts_over() {
     assert_eq!(rig.phase("dev"), Some(Phase::Failed));
 
     annotate(&rig, "dev", "tend.dev/retry", "1").await;
-    let back = rig
-        .wait_ws("dev", "healed after retry", |w| {
-            w.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Some(Phase::Online) && s.restarts == 6)
-        })
-        .await;
+    let back = wait_online_after(&rig, "dev", 6).await;
     assert_eq!(back.status.unwrap().handled_retry.as_deref(), Some("1"));
 }
 
@@ -425,12 +401,7 @@ async fn circuit_breaker_holds_a_mass_death_then_heals_in_waves() {
     );
 
     for i in 0..5 {
-        rig.wait_ws(&format!("ws{i}"), "healed after the hold", |w| {
-            w.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Some(Phase::Online) && s.restarts == 1)
-        })
-        .await;
+        wait_online_after(&rig, &format!("ws{i}"), 1).await;
     }
     // Waves of at most 2: the five went Offline over at least three sweeps.
     let offline_sweeps: std::collections::BTreeSet<String> = (0..5)
