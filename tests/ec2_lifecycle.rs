@@ -155,10 +155,10 @@ async fn hibernated_workspace_stops_with_hibernation() {
     rig.wait_phase("dev", Phase::Online).await;
 }
 
-#[tokio::test]
-async fn delete_with_retain_terminates_the_instance_and_keeps_the_volume() {
-    let rig = Rig::start().await;
-    rig.create(&rig.ec2_workspace("dev")).await;
+/// Brings `ws` Online, deletes it, waits until it is gone, checks its instance
+/// was terminated, and returns the id of its data volume.
+async fn online_then_deleted(rig: &Rig, ws: &tend::api::Workspace) -> String {
+    rig.create(ws).await;
     let online = rig.wait_phase("dev", Phase::Online).await;
     let status = online.status.unwrap();
     let (instance_id, volume_id) = (status.instance_id.unwrap(), status.volume_id.unwrap());
@@ -170,6 +170,13 @@ async fn delete_with_retain_terminates_the_instance_and_keeps_the_volume() {
         instance.state().and_then(|s| s.name()),
         Some(&InstanceStateName::Terminated)
     );
+    volume_id
+}
+
+#[tokio::test]
+async fn delete_with_retain_terminates_the_instance_and_keeps_the_volume() {
+    let rig = Rig::start().await;
+    let volume_id = online_then_deleted(&rig, &rig.ec2_workspace("dev")).await;
     let volume = rig.moto.volume(&volume_id).await.expect("volume retained");
     assert_eq!(volume.state(), Some(&VolumeState::Available));
     let reasons = rig.event_reasons("dev");
@@ -182,18 +189,7 @@ async fn delete_with_delete_policy_removes_the_volume_too() {
     let rig = Rig::start().await;
     let mut ws = rig.ec2_workspace("dev");
     ws.spec.ec2.as_mut().unwrap().volume.reclaim_policy = tend::api::ReclaimPolicy::Delete;
-    rig.create(&ws).await;
-    let online = rig.wait_phase("dev", Phase::Online).await;
-    let status = online.status.unwrap();
-    let (instance_id, volume_id) = (status.instance_id.unwrap(), status.volume_id.unwrap());
-
-    rig.delete("dev").await;
-    rig.wait_gone("dev").await;
-    let instance = rig.moto.instance(&instance_id).await.unwrap();
-    assert_eq!(
-        instance.state().and_then(|s| s.name()),
-        Some(&InstanceStateName::Terminated)
-    );
+    let volume_id = online_then_deleted(&rig, &ws).await;
     assert!(
         rig.moto.volume(&volume_id).await.is_none(),
         "volume deleted"

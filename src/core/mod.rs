@@ -14,3 +14,8 @@ pub use decide::{Action, Facts, Plan, decide};
 pub use observation::{Halt, NotRunning, Observation};
 pub use restart::RestartGate;
 pub use transition::{IllegalTransition, can_transition, transition};
+
+/// Time from `since` to `now`; `None` when `since` is later (a clock step back).
+pub fn elapsed(since: jiff::Timestamp, now: jiff::Timestamp) -> Option<std::time::Duration> {
+    std::time::Duration::try_from(now.duration_since(since)).ok()
+}

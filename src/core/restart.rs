@@ -37,7 +37,7 @@ pub fn recent(history: &[Timestamp], now: Timestamp) -> Vec<Timestamp> {
 }
 
 fn age(t: Timestamp, now: Timestamp) -> Duration {
-    Duration::try_from(now.duration_since(t)).unwrap_or_default()
+    super::elapsed(t, now).unwrap_or_default()
 }
 
 /// The backoff before the next restart after `n` recent ones: none for the

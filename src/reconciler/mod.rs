@@ -23,8 +23,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-pub use conditions::Problem;
-pub use status::merge_diff;
+use conditions::Problem;
 
 use crate::api::{
     self, FINALIZER, ObservationRecord, Phase, REFRESH_ANNOTATION, RETRY_ANNOTATION, RestartPolicy,
@@ -32,7 +31,8 @@ use crate::api::{
 };
 use crate::backend::ec2::{AwsErrorKind, BackendError, Ec2Backend, Owner, Record, Step};
 use crate::core::{
-    Action, Facts, IllegalTransition, Observation, Plan, RestartGate, decide, restart, transition,
+    Action, Facts, IllegalTransition, Observation, Plan, RestartGate, decide, elapsed, restart,
+    transition,
 };
 use crate::metrics::Metrics;
 use crate::sweep::{Hold, Snapshot};
@@ -299,9 +299,10 @@ async fn apply(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<Re
         held,
         suspected_outage: suspected,
         restart_gate: gate,
-        restart_settled: old.last_restart.as_ref().is_none_or(|r| {
-            Duration::try_from(now.duration_since(r.at.0)).unwrap_or_default() >= restart::SETTLE
-        }),
+        restart_settled: old
+            .last_restart
+            .as_ref()
+            .is_none_or(|r| elapsed(r.at.0, now).unwrap_or_default() >= restart::SETTLE),
     });
     if let Err(illegal) = transition(phase, plan.phase) {
         // A bug in the decision table; refuse rather than write a lie.
@@ -397,7 +398,7 @@ async fn look(
     if !forced
         && settled
         && let Some(entry) = entry
-        && Duration::try_from(now.duration_since(entry.observed_at)).unwrap_or(Duration::MAX)
+        && elapsed(entry.observed_at, now).unwrap_or(Duration::MAX)
             < ctx.settings.sweep_interval * 2
         && newest_known.is_none_or(|t| entry.observed_at >= t)
     {

@@ -24,7 +24,7 @@ pub use snapshot::{Entry, Hold, Snapshot};
 
 use crate::api::{Phase, Runtime, Workspace};
 use crate::backend::ec2::{classify_instance, classify_missing};
-use crate::core::Observation;
+use crate::core::{Observation, elapsed};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -154,9 +154,7 @@ pub fn assemble(
                     .map(str::to_owned),
             ),
             Some(Answer::Missing) => {
-                let age = t
-                    .launched_at
-                    .map(|at| Duration::try_from(now.duration_since(at)).unwrap_or_default());
+                let age = t.launched_at.map(|at| elapsed(at, now).unwrap_or_default());
                 (
                     classify_missing(&t.instance_id, age, settings.not_found_grace),
                     None,
@@ -223,7 +221,7 @@ pub fn assemble(
         } else {
             before.map(|e| e.last_clean_at).unwrap_or(now)
         };
-        let unknown_for = Duration::try_from(now.duration_since(last_clean_at)).unwrap_or_default();
+        let unknown_for = elapsed(last_clean_at, now).unwrap_or_default();
         let entry = Entry {
             instance_id: t.instance_id.clone(),
             observation: obs.clone(),
@@ -361,7 +359,7 @@ impl<D: Describer> Sweeper<D> {
             if entry.observed_at == now {
                 self.metrics.observed(&entry.observation);
             }
-            if let Ok(age) = Duration::try_from(now.duration_since(entry.last_clean_at)) {
+            if let Some(age) = elapsed(entry.last_clean_at, now) {
                 self.metrics.observation_age(age);
             }
         }

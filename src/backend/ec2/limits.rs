@@ -72,15 +72,6 @@ pub enum Family {
     Mutate,
 }
 
-impl Family {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Family::Read => "read",
-            Family::Mutate => "mutate",
-        }
-    }
-}
-
 /// Bucket sizes for one family.
 #[derive(Debug, Clone, Copy)]
 pub struct Rate {

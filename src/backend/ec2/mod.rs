@@ -29,7 +29,7 @@ pub use ownership::{Owner, TAG_CLUSTER, TAG_LAUNCH, TAG_NAME, TAG_NAMESPACE, TAG
 pub use state::{classify_instance, classify_missing};
 
 use crate::api::{Ec2Spec, ReclaimPolicy, SpotInterruptionBehavior, WorkspaceStatus};
-use crate::core::Observation;
+use crate::core::{Observation, elapsed};
 
 /// Where a launch or teardown stands after one step.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,10 +156,6 @@ impl Ec2Backend {
             .unwrap_or(&self.settings.default_region)
     }
 
-    pub fn settings(&self) -> &Ec2Settings {
-        &self.settings
-    }
-
     fn client(&self, spec: &Ec2Spec) -> Ec2Region {
         self.region(self.region_of(spec))
     }
@@ -202,7 +198,7 @@ impl Ec2Backend {
                 let launched_ago = status
                     .launched_at
                     .as_ref()
-                    .map(|t| Duration::try_from(now.duration_since(t.0)).unwrap_or_default());
+                    .map(|t| elapsed(t.0, now).unwrap_or_default());
                 classify_missing(id, launched_ago, self.settings.not_found_grace)
             }
             Err(e) => Observation::Unknown {
