@@ -56,6 +56,7 @@ use super::WorkspaceStatus;
     validation = Rule::new("has(self.container) == (self.runtime == 'container')").message("spec.container must be set when spec.runtime is container, and only then"),
     validation = Rule::new("has(self.external) == (self.runtime == 'external')").message("spec.external must be set when spec.runtime is external, and only then"),
     validation = Rule::new("self.desiredState != 'Hibernated' || self.runtime == 'ec2'").message("spec.desiredState Hibernated is only supported for runtime ec2"),
+    validation = Rule::new("self.desiredState != 'Hibernated' || (has(self.ec2) && has(self.ec2.hibernation) && self.ec2.hibernation)").message("spec.desiredState Hibernated needs spec.ec2.hibernation: true"),
 )]
 pub struct WorkspaceSpec {
     /// Which backend runs the workspace. Immutable.
@@ -131,6 +132,7 @@ pub enum ReclaimPolicy {
 #[x_kube(
     validation = Rule::new("has(self.imageId) || has(self.launchTemplate)").message("spec.ec2 needs imageId or launchTemplate"),
     validation = Rule::new("has(self.instanceType) || has(self.launchTemplate)").message("spec.ec2 needs instanceType or launchTemplate"),
+    validation = Rule::new("has(self.region) == has(oldSelf.region)").message("spec.ec2.region cannot be added or removed after creation"),
 )]
 pub struct Ec2Spec {
     /// AWS region; defaults to the controller's region. Immutable.

@@ -12,6 +12,10 @@ pub struct WorkspaceStatus {
     pub instance_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_id: Option<String>,
+    /// Region the backend was provisioned in; every later call goes there,
+    /// whatever the spec or the controller's default region say now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// Availability zone of the data volume; every instance must launch there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_zone: Option<String>,

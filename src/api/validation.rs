@@ -6,7 +6,7 @@
 
 use kube::core::cel::ErrorKind;
 
-use super::Workspace;
+use super::{Runtime, Workspace};
 
 /// Why a spec cannot be acted on; the message names the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,8 +20,10 @@ impl std::fmt::Display for SpecViolation {
     }
 }
 
-/// Checks a Workspace against the creation rules of its CRD.
+/// Checks a Workspace against the creation rules of its CRD, and its
+/// immutable fields against what status recorded when it was provisioned.
 pub fn validate(ws: &Workspace) -> Result<(), SpecViolation> {
+    check_recorded(ws)?;
     let Err(errors) = ws.validate_cel() else {
         return Ok(());
     };
@@ -41,10 +43,37 @@ pub fn validate(ws: &Workspace) -> Result<(), SpecViolation> {
     })
 }
 
+/// The immutability rules, checked without the old object: a server without
+/// CEL lets any change through, but status remembers what was provisioned.
+fn check_recorded(ws: &Workspace) -> Result<(), SpecViolation> {
+    let Some(status) = &ws.status else {
+        return Ok(());
+    };
+    let provisioned_ec2 =
+        status.region.is_some() || status.volume_id.is_some() || status.instance_id.is_some();
+    if provisioned_ec2 && ws.spec.runtime != Runtime::Ec2 {
+        return Err(SpecViolation {
+            message: "spec.runtime is immutable: this Workspace was provisioned as ec2".into(),
+        });
+    }
+    if let (Some(recorded), Some(wanted)) = (
+        status.region.as_deref(),
+        ws.spec.ec2.as_ref().and_then(|e| e.region.as_deref()),
+    ) && recorded != wanted
+    {
+        return Err(SpecViolation {
+            message: format!(
+                "spec.ec2.region is immutable: this Workspace was provisioned in {recorded}, not {wanted}"
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Ec2Spec, Runtime, WorkspaceSpec};
+    use crate::api::{Ec2Spec, WorkspaceSpec, WorkspaceStatus};
 
     fn ec2_workspace() -> Workspace {
         Workspace::new(
@@ -130,5 +159,60 @@ mod tests {
         ws.spec.desired_state = crate::api::DesiredState::Hibernated;
         let err = validate(&ws).unwrap_err();
         assert!(err.message.contains("Hibernated"), "{err}");
+    }
+
+    #[test]
+    fn a_region_other_than_the_recorded_one_is_refused() {
+        let mut ws = ec2_workspace();
+        ws.status = Some(WorkspaceStatus {
+            region: Some("us-east-1".into()),
+            ..Default::default()
+        });
+        assert_eq!(validate(&ws), Ok(()));
+        ws.spec.ec2.as_mut().unwrap().region = Some("us-east-1".into());
+        assert_eq!(validate(&ws), Ok(()));
+        ws.spec.ec2.as_mut().unwrap().region = Some("eu-west-1".into());
+        let err = validate(&ws).unwrap_err();
+        assert!(
+            err.message.contains("spec.ec2.region is immutable"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_runtime_other_than_the_provisioned_one_is_refused() {
+        let mut ws = ec2_workspace();
+        ws.status = Some(WorkspaceStatus {
+            volume_id: Some("vol-1".into()),
+            ..Default::default()
+        });
+        ws.spec.runtime = Runtime::External;
+        ws.spec.ec2 = None;
+        ws.spec.external = Some(crate::api::ExternalSpec {
+            heartbeat_timeout_seconds: 90,
+        });
+        let err = validate(&ws).unwrap_err();
+        assert!(err.message.contains("spec.runtime is immutable"), "{err}");
+    }
+
+    #[test]
+    fn hibernation_needs_it_configured() {
+        let mut ws = ec2_workspace();
+        ws.spec.desired_state = crate::api::DesiredState::Hibernated;
+        let err = validate(&ws).unwrap_err();
+        assert!(err.message.contains("spec.ec2.hibernation"), "{err}");
+        ws.spec.ec2.as_mut().unwrap().hibernation = Some(true);
+        assert_eq!(validate(&ws), Ok(()));
+    }
+
+    #[test]
+    fn region_cannot_be_added_or_removed() {
+        let old = ec2_workspace();
+        let mut new = old.clone();
+        new.spec.ec2.as_mut().unwrap().region = Some("us-east-1".into());
+        let err = new.validate_cel_update(&old).unwrap_err();
+        assert!(err.to_string().contains("added or removed"), "{err}");
+        let err = old.validate_cel_update(&new).unwrap_err();
+        assert!(err.to_string().contains("added or removed"), "{err}");
     }
 }

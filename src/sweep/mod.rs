@@ -23,7 +23,7 @@ pub use breaker::{BreakerSettings, Sample, Trip, assess};
 pub use snapshot::{Entry, Hold, Snapshot};
 
 use crate::api::{Phase, Runtime, Workspace};
-use crate::backend::ec2::{classify_instance, classify_missing};
+use crate::backend::ec2::{classify_instance, classify_missing, region_of};
 use crate::core::{Observation, elapsed};
 use crate::metrics::Metrics;
 
@@ -96,12 +96,7 @@ pub fn target(ws: &Workspace, default_region: &str) -> Option<Target> {
     Some(Target {
         uid: ws.uid()?,
         object: ObjectRef::from_obj(ws),
-        region: ws
-            .spec
-            .ec2
-            .as_ref()
-            .and_then(|e| e.region.clone())
-            .unwrap_or_else(|| default_region.to_owned()),
+        region: region_of(ws.spec.ec2.as_ref(), status, default_region).to_owned(),
         instance_id: status.instance_id.clone()?,
         volume_id: status.volume_id.clone(),
         launched_at: status.launched_at.as_ref().map(|t| t.0),

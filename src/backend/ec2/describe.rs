@@ -1,0 +1,157 @@
+//! Reading instances and volumes: one look, a batch, by tag.
+
+use super::*;
+
+impl Ec2Backend {
+    /// One authoritative look at the recorded instance.
+    pub async fn observe(
+        &self,
+        spec: &Ec2Spec,
+        status: &WorkspaceStatus,
+        now: Timestamp,
+    ) -> Observation {
+        let Some(id) = status.instance_id.as_deref() else {
+            return Observation::Pending {
+                detail: "no instance launched yet".into(),
+            };
+        };
+        match describe_instance(&self.client(spec, status), id).await {
+            Ok(Some(instance)) => classify_instance(&instance, status.volume_id.as_deref()),
+            Ok(None) => {
+                let launched_ago = status
+                    .launched_at
+                    .as_ref()
+                    .map(|t| elapsed(t.0, now).unwrap_or_default());
+                classify_missing(id, launched_ago, self.settings.not_found_grace)
+            }
+            Err(e) => Observation::Unknown {
+                error: e.to_string(),
+            },
+        }
+    }
+}
+
+impl Ec2Backend {
+    /// Describes a batch of instances with the `instance-id` filter, following
+    /// NextToken pages. Naming ids in `InstanceIds` would fail the whole call
+    /// on one unknown id; the filter just leaves unknown ids out. Terminated
+    /// instances are kept: their StateReason tells spot reclaim from a user's
+    /// shutdown. The caller holds the token for the first page.
+    pub async fn describe_batch(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> Result<Vec<Instance>, AwsError> {
+        let client = self.region(region);
+        let mut found = Vec::with_capacity(ids.len());
+        let mut token: Option<String> = None;
+        // Bounded: a batch of N ids can never need more than N pages.
+        for page_number in 0..=ids.len() {
+            if page_number > 0 {
+                client.read.acquire().await;
+            }
+            let filter = Filter::builder()
+                .name("instance-id")
+                .set_values(Some(ids.to_vec()))
+                .build();
+            let page = client
+                .call_with_token(
+                    Family::Read,
+                    "DescribeInstances",
+                    // One attempt: bisection and the next sweep are the
+                    // retries, and SDK back-off would hold an in-flight slot
+                    // and eat into the sweep's deadline.
+                    client
+                        .describe_instances()
+                        .filters(filter)
+                        .set_next_token(token.take())
+                        .customize()
+                        .config_override(single_attempt())
+                        .send(),
+                )
+                .await?;
+            found.extend(
+                page.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .cloned(),
+            );
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return Ok(found),
+            }
+        }
+        Err(AwsError::malformed(
+            "DescribeInstances",
+            "more pages than ids",
+        ))
+    }
+}
+
+/// Describes one instance by the `instance-id` filter: an unknown id yields
+/// an empty answer instead of failing the call.
+pub(super) async fn describe_instance(
+    client: &Ec2Region,
+    id: &str,
+) -> Result<Option<aws_sdk_ec2::types::Instance>, AwsError> {
+    let out = client
+        .call(
+            Family::Read,
+            "DescribeInstances",
+            client
+                .describe_instances()
+                .filters(Filter::builder().name("instance-id").values(id).build())
+                .send(),
+        )
+        .await?;
+    Ok(out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find(|i| i.instance_id() == Some(id))
+        .cloned())
+}
+
+pub(super) async fn tagged_instances(
+    client: &Ec2Region,
+    owner: &Owner<'_>,
+) -> Result<Vec<aws_sdk_ec2::types::Instance>, AwsError> {
+    let out = client
+        .call(
+            Family::Read,
+            "DescribeInstances",
+            client
+                .describe_instances()
+                .filters(tag_filter(TAG_UID, owner.uid))
+                .filters(tag_filter(TAG_CLUSTER, owner.cluster))
+                .send(),
+        )
+        .await?;
+    Ok(out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .cloned()
+        .collect())
+}
+
+pub(super) async fn describe_volume(
+    client: &Ec2Region,
+    id: &str,
+) -> Result<Option<Volume>, AwsError> {
+    let out = client
+        .call(
+            Family::Read,
+            "DescribeVolumes",
+            client
+                .describe_volumes()
+                .filters(Filter::builder().name("volume-id").values(id).build())
+                .send(),
+        )
+        .await?;
+    Ok(out
+        .volumes()
+        .iter()
+        .find(|v| v.volume_id() == Some(id))
+        .cloned())
+}

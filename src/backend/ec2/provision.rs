@@ -1,0 +1,442 @@
+//! Launching: the data volume, the instance, attaching, starting and stopping.
+
+use super::describe::{describe_instance, describe_volume};
+use super::*;
+
+impl Ec2Backend {
+    /// One idempotent step towards a running instance with its volume attached.
+    pub async fn provision(
+        &self,
+        spec: &Ec2Spec,
+        status: &WorkspaceStatus,
+        owner: &Owner<'_>,
+        user_data: Option<String>,
+    ) -> Result<Step, BackendError> {
+        let client = self.client(spec, status);
+        let (Some(volume_id), Some(zone)) = (&status.volume_id, &status.availability_zone) else {
+            let region = self.region_of(spec, status);
+            return self.ensure_volume(&client, region, spec, owner).await;
+        };
+        let Some(instance_id) = &status.instance_id else {
+            let Some(number) = status.launch_number else {
+                return Ok(Step::Record(Record::LaunchReserved(1)));
+            };
+            return self
+                .launch(&client, spec, owner, zone, number, user_data)
+                .await;
+        };
+        let Some(instance) = describe_instance(&client, instance_id).await? else {
+            return Ok(Step::Wait(format!("{instance_id} is not visible yet")));
+        };
+        match instance.state().and_then(|s| s.name()) {
+            Some(InstanceStateName::Running) => {}
+            Some(state) => return Ok(Step::Wait(format!("{instance_id} is {}", state.as_str()))),
+            None => {
+                return Err(
+                    AwsError::malformed("DescribeInstances", "instance without state").into(),
+                );
+            }
+        }
+        if matches!(
+            classify_instance(&instance, Some(volume_id)),
+            Observation::Running
+        ) {
+            return Ok(Step::Done);
+        }
+        owner.check(instance_id, instance.tags())?;
+        // Right after CreateVolume EC2 may not list it yet: not a failure.
+        let Some(volume) = describe_volume(&client, volume_id).await? else {
+            return Ok(Step::Wait(format!("{volume_id} is not visible yet")));
+        };
+        owner.check(volume_id, volume.tags())?;
+        match volume.state() {
+            // Never two instances on one volume: attach only once it is free.
+            Some(VolumeState::Available) => {
+                client
+                    .call(
+                        Family::Mutate,
+                        "AttachVolume",
+                        client
+                            .attach_volume()
+                            .volume_id(volume_id)
+                            .instance_id(instance_id)
+                            .device(&spec.volume.device_name)
+                            .send(),
+                    )
+                    .await?;
+                Ok(Step::Wait(format!(
+                    "attaching {volume_id} to {instance_id}"
+                )))
+            }
+            other => Ok(Step::Wait(format!(
+                "{volume_id} is {}; waiting for it to be available",
+                other.map(|s| s.as_str()).unwrap_or("in an unknown state")
+            ))),
+        }
+    }
+
+    async fn ensure_volume(
+        &self,
+        client: &Ec2Region,
+        region: &str,
+        spec: &Ec2Spec,
+        owner: &Owner<'_>,
+    ) -> Result<Step, BackendError> {
+        // A volume created by an earlier attempt that never reached status.
+        let existing = client
+            .call(
+                Family::Read,
+                "DescribeVolumes",
+                client
+                    .describe_volumes()
+                    .filters(tag_filter(TAG_UID, owner.uid))
+                    .filters(tag_filter(TAG_CLUSTER, owner.cluster))
+                    .send(),
+            )
+            .await?;
+        if let Some(volume) = existing.volumes().iter().find(|v| {
+            !matches!(
+                v.state(),
+                Some(VolumeState::Deleting | VolumeState::Deleted)
+            )
+        }) {
+            return volume_record(volume, region);
+        }
+        let zone = subnet_zone(client, &spec.subnet_id).await?;
+        let v = &spec.volume;
+        let created = client
+            .call(
+                Family::Mutate,
+                "CreateVolume",
+                client
+                    .create_volume()
+                    .availability_zone(&zone)
+                    .size(v.size_gib)
+                    .volume_type(VolumeType::from(v.volume_type.as_str()))
+                    .set_iops(v.iops)
+                    .set_throughput(v.throughput)
+                    .tag_specifications(owner.tag_spec(ResourceType::Volume, spec, None))
+                    .customize()
+                    .config_override(single_attempt())
+                    .send(),
+            )
+            .await?;
+        let id = created
+            .volume_id()
+            .ok_or_else(|| AwsError::malformed("CreateVolume", "no volume id"))?;
+        Ok(Step::Record(Record::Volume {
+            id: id.to_owned(),
+            region: region.to_owned(),
+            zone,
+        }))
+    }
+
+    async fn launch(
+        &self,
+        client: &Ec2Region,
+        spec: &Ec2Spec,
+        owner: &Owner<'_>,
+        zone: &str,
+        number: u32,
+        user_data: Option<String>,
+    ) -> Result<Step, BackendError> {
+        // ClientToken makes RunInstances idempotent on EC2, but not every endpoint
+        // honours it, so first look for an instance an earlier attempt started.
+        if let Some(found) = find_launch(client, owner, number).await? {
+            return Ok(found);
+        }
+        let subnet = subnet_in_zone(client, &spec.subnet_id, zone).await?;
+        let mut run = client
+            .run_instances()
+            .min_count(1)
+            .max_count(1)
+            .client_token(owner.client_token(number))
+            .subnet_id(subnet)
+            .set_image_id(spec.image_id.clone())
+            .set_key_name(spec.key_name.clone())
+            .set_user_data(user_data)
+            .tag_specifications(owner.tag_spec(ResourceType::Instance, spec, Some(number)));
+        if let Some(t) = &spec.instance_type {
+            run = run.instance_type(t.as_str().into());
+        }
+        for sg in &spec.security_group_ids {
+            run = run.security_group_ids(sg);
+        }
+        if let Some(lt) = &spec.launch_template {
+            run = run.launch_template(
+                LaunchTemplateSpecification::builder()
+                    .set_launch_template_id(lt.id.clone())
+                    .set_launch_template_name(lt.name.clone())
+                    .set_version(lt.version.clone())
+                    .build(),
+            );
+        }
+        if let Some(profile) = &spec.iam_instance_profile {
+            let p = IamInstanceProfileSpecification::builder();
+            let p = if profile.starts_with("arn:") {
+                p.arn(profile)
+            } else {
+                p.name(profile)
+            };
+            run = run.iam_instance_profile(p.build());
+        }
+        if spec.hibernation == Some(true) {
+            run = run.hibernation_options(
+                HibernationOptionsRequest::builder()
+                    .configured(true)
+                    .build(),
+            );
+        }
+        if let Some(spot) = &spec.spot {
+            run = run.instance_market_options(spot_options(spot));
+        }
+        let out = client
+            .call(
+                Family::Mutate,
+                "RunInstances",
+                run.customize().config_override(single_attempt()).send(),
+            )
+            .await?;
+        let instance = out
+            .instances()
+            .first()
+            .ok_or_else(|| AwsError::malformed("RunInstances", "no instance"))?;
+        launched_record(instance, "RunInstances")
+    }
+
+    /// Starts a stopped instance in place.
+    pub async fn start(
+        &self,
+        spec: &Ec2Spec,
+        status: &WorkspaceStatus,
+        owner: &Owner<'_>,
+    ) -> Result<(), BackendError> {
+        let client = self.client(spec, status);
+        let id = self.owned_instance(&client, status, owner).await?;
+        client
+            .call(
+                Family::Mutate,
+                "StartInstances",
+                client.start_instances().instance_ids(id).send(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Stops the instance; with `hibernate`, RAM is saved to the root volume.
+    pub async fn stop(
+        &self,
+        spec: &Ec2Spec,
+        status: &WorkspaceStatus,
+        owner: &Owner<'_>,
+        hibernate: bool,
+    ) -> Result<(), BackendError> {
+        let client = self.client(spec, status);
+        let id = self.owned_instance(&client, status, owner).await?;
+        client
+            .call(
+                Family::Mutate,
+                "StopInstances",
+                client
+                    .stop_instances()
+                    .instance_ids(id)
+                    .hibernate(hibernate)
+                    .send(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn owned_instance(
+        &self,
+        client: &Ec2Region,
+        status: &WorkspaceStatus,
+        owner: &Owner<'_>,
+    ) -> Result<String, BackendError> {
+        let id = status
+            .instance_id
+            .clone()
+            .ok_or_else(|| BackendError::Invalid("no instance recorded".into()))?;
+        let instance = describe_instance(client, &id)
+            .await?
+            .ok_or_else(|| AwsError {
+                operation: "DescribeInstances",
+                kind: AwsErrorKind::NotFound,
+                code: None,
+                message: format!("{id} not found"),
+            })?;
+        owner.check(&id, instance.tags())?;
+        Ok(id)
+    }
+}
+
+/// An instance that an earlier attempt of launch `number` started.
+async fn find_launch(
+    client: &Ec2Region,
+    owner: &Owner<'_>,
+    number: u32,
+) -> Result<Option<Step>, BackendError> {
+    let out = client
+        .call(
+            Family::Read,
+            "DescribeInstances",
+            client
+                .describe_instances()
+                .filters(tag_filter(TAG_UID, owner.uid))
+                .filters(tag_filter(TAG_CLUSTER, owner.cluster))
+                .filters(tag_filter(TAG_LAUNCH, &number.to_string()))
+                .send(),
+        )
+        .await?;
+    let alive = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find(|i| {
+            !matches!(
+                i.state().and_then(|s| s.name()),
+                Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+            )
+        });
+    alive
+        .map(|i| launched_record(i, "DescribeInstances"))
+        .transpose()
+}
+
+fn launched_record(
+    instance: &aws_sdk_ec2::types::Instance,
+    operation: &'static str,
+) -> Result<Step, BackendError> {
+    let id = instance
+        .instance_id()
+        .ok_or_else(|| AwsError::malformed(operation, "instance without id"))?;
+    let at = instance
+        .launch_time()
+        .and_then(|t| Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok())
+        .unwrap_or_else(Timestamp::now);
+    Ok(Step::Record(Record::Launched {
+        instance_id: id.to_owned(),
+        at,
+    }))
+}
+
+fn volume_record(volume: &Volume, region: &str) -> Result<Step, BackendError> {
+    let id = volume
+        .volume_id()
+        .ok_or_else(|| AwsError::malformed("DescribeVolumes", "volume without id"))?;
+    let zone = volume
+        .availability_zone()
+        .ok_or_else(|| AwsError::malformed("DescribeVolumes", "volume without zone"))?;
+    Ok(Step::Record(Record::Volume {
+        id: id.to_owned(),
+        region: region.to_owned(),
+        zone: zone.to_owned(),
+    }))
+}
+
+async fn subnet_zone(client: &Ec2Region, subnet_id: &str) -> Result<String, BackendError> {
+    let out = client
+        .call(
+            Family::Read,
+            "DescribeSubnets",
+            client.describe_subnets().subnet_ids(subnet_id).send(),
+        )
+        .await?;
+    out.subnets()
+        .first()
+        .and_then(|s| s.availability_zone())
+        .map(str::to_owned)
+        .ok_or_else(|| AwsError::malformed("DescribeSubnets", "subnet without zone").into())
+}
+
+/// The spec's subnet if it lies in `zone`, else another subnet of the same VPC
+/// there: an EBS volume attaches only to an instance in its own zone.
+async fn subnet_in_zone(
+    client: &Ec2Region,
+    subnet_id: &str,
+    zone: &str,
+) -> Result<String, BackendError> {
+    let out = client
+        .call(
+            Family::Read,
+            "DescribeSubnets",
+            client.describe_subnets().subnet_ids(subnet_id).send(),
+        )
+        .await?;
+    let subnet = out
+        .subnets()
+        .first()
+        .ok_or_else(|| AwsError::malformed("DescribeSubnets", "no subnet"))?;
+    if subnet.availability_zone() == Some(zone) {
+        return Ok(subnet_id.to_owned());
+    }
+    let vpc = subnet.vpc_id().unwrap_or_default();
+    let others = client
+        .call(
+            Family::Read,
+            "DescribeSubnets",
+            client
+                .describe_subnets()
+                .filters(Filter::builder().name("vpc-id").values(vpc).build())
+                .filters(
+                    Filter::builder()
+                        .name("availability-zone")
+                        .values(zone)
+                        .build(),
+                )
+                .send(),
+        )
+        .await?;
+    others
+        .subnets()
+        .first()
+        .and_then(|s| s.subnet_id())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            BackendError::Invalid(format!(
+                "the data volume is in {zone}, but VPC {vpc} has no subnet there"
+            ))
+        })
+}
+
+fn spot_options(spot: &crate::api::SpotOptions) -> InstanceMarketOptionsRequest {
+    let behavior = spot.interruption_behavior;
+    let mut opts = SpotMarketOptions::builder().set_max_price(spot.max_price.clone());
+    if let Some(b) = behavior {
+        opts = opts.instance_interruption_behavior(match b {
+            SpotInterruptionBehavior::Terminate => InstanceInterruptionBehavior::Terminate,
+            SpotInterruptionBehavior::Stop => InstanceInterruptionBehavior::Stop,
+            SpotInterruptionBehavior::Hibernate => InstanceInterruptionBehavior::Hibernate,
+        });
+        // EC2 only stops or hibernates spot instances of a persistent request.
+        if b != SpotInterruptionBehavior::Terminate {
+            opts = opts.spot_instance_type(SpotInstanceType::Persistent);
+        }
+    }
+    InstanceMarketOptionsRequest::builder()
+        .market_type(MarketType::Spot)
+        .spot_options(opts.build())
+        .build()
+}
+
+/// Tags as EC2 types.
+fn tags(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<Tag> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+impl Owner<'_> {
+    fn tag_spec(
+        &self,
+        resource: ResourceType,
+        spec: &Ec2Spec,
+        launch: Option<u32>,
+    ) -> TagSpecification {
+        TagSpecification::builder()
+            .resource_type(resource)
+            .set_tags(Some(tags(self.tags(&spec.tags, launch))))
+            .build()
+    }
+}

@@ -1,0 +1,205 @@
+//! Writing the new status, and only then announcing it with events.
+
+use super::*;
+
+/// Applies a backend record to status.
+pub(super) fn apply_record(status: &mut WorkspaceStatus, record: &Record) {
+    match record {
+        Record::Volume { id, region, zone } => {
+            status.volume_id = Some(id.clone());
+            status.region = Some(region.clone());
+            status.availability_zone = Some(zone.clone());
+        }
+        Record::LaunchReserved(n) => {
+            // A new launch number retires the previous instance, if any.
+            status.launch_number = Some(*n);
+            status.instance_id = None;
+            status.launched_at = None;
+        }
+        Record::Launched { instance_id, at } => {
+            status.instance_id = Some(instance_id.clone());
+            status.launched_at = Some(Time(*at));
+        }
+    }
+}
+
+/// Computes the new status, writes it if anything changed, and only after a
+/// successful write emits the events that describe it.
+pub(super) async fn commit(
+    ws: &Workspace,
+    ctx: &Context,
+    api: &Api<Workspace>,
+    old: &WorkspaceStatus,
+    outcome: Outcome,
+) -> Result<(), Error> {
+    let now = Timestamp::now();
+    let from = old.phase.unwrap_or(Phase::Pending);
+    let mut new = old.clone();
+    new.phase = Some(outcome.phase);
+    new.observed_generation = ws.metadata.generation;
+    if let Some(r) = &outcome.record {
+        apply_record(&mut new, r);
+    }
+    if let Some(retry) = &outcome.retry_handled {
+        new.handled_retry = Some(retry.clone());
+        new.recent_restarts.clear();
+    }
+    if outcome.phase == Phase::Restarting && from != Phase::Restarting {
+        new.restarts += 1;
+        new.last_restart = Some(RestartRecord {
+            at: Time(now),
+            reason: ready_reason(old).unwrap_or("Offline").to_owned(),
+        });
+        let mut history: Vec<Timestamp> = new.recent_restarts.iter().map(|t| t.0).collect();
+        history.push(now);
+        new.recent_restarts = restart::recent(&history, now)
+            .into_iter()
+            .map(Time)
+            .collect();
+    }
+    if let Some(obs) = &outcome.observation {
+        record_observation(&mut new, obs, now);
+    }
+    let wanted = conditions::wanted_conditions(&conditions::Inputs {
+        phase: outcome.phase,
+        observation: outcome.observation.as_ref(),
+        problem: outcome.problem.as_ref(),
+        heals: ws.spec.restart_policy == RestartPolicy::Always,
+        detail: outcome.detail.as_deref(),
+        old: &old.conditions,
+    });
+    new.conditions = conditions::settle(wanted, &old.conditions, ws.metadata.generation, now);
+    if &new == old {
+        return Ok(());
+    }
+    status::write(api, ws, old, &new).await?;
+
+    // The recorder folds repeats of the same reason and action into one event
+    // series; naming the instance as the related object keeps a new
+    // instance's events apart from the old one's.
+    let instance = new.instance_id.as_ref().map(|id| ObjectReference {
+        kind: Some("EC2Instance".into()),
+        name: Some(id.clone()),
+        ..Default::default()
+    });
+    for mut event in events_for(old, &new, &outcome) {
+        event.secondary = instance.clone();
+        if let Err(e) = ctx.recorder.publish(&event, &ws.object_ref(&())).await {
+            warn!(workspace = %ws.name_any(), "could not publish event {}: {e}", event.reason);
+        }
+    }
+    if from != outcome.phase {
+        ctx.metrics.transition(outcome.phase);
+        match outcome.phase {
+            Phase::Offline => ctx
+                .metrics
+                .went_offline(ready_reason(&new).unwrap_or("Unknown")),
+            Phase::Restarting => ctx.metrics.restarted(),
+            _ => {}
+        }
+        info!(workspace = %ws.name_any(), namespace = ?ws.namespace(), from = %from, to = %outcome.phase, "phase changed");
+    }
+    Ok(())
+}
+
+/// `status.observation` holds the last clean answer; its time moves only when
+/// the answer changes.
+pub(super) fn record_observation(status: &mut WorkspaceStatus, obs: &Observation, now: Timestamp) {
+    let Some(state) = obs.state_name() else {
+        return;
+    };
+    let reason = match obs {
+        Observation::NotRunning(nr) => Some(nr.reason.clone()),
+        _ => None,
+    };
+    let same = status
+        .observation
+        .as_ref()
+        .is_some_and(|o| o.state == state && o.reason == reason);
+    if !same {
+        status.observation = Some(ObservationRecord {
+            state: state.to_owned(),
+            reason,
+            observed_at: Time(now),
+            source: "ec2:DescribeInstances".into(),
+        });
+    }
+}
+
+/// The events a persisted change deserves.
+pub(super) fn events_for(
+    old: &WorkspaceStatus,
+    new: &WorkspaceStatus,
+    outcome: &Outcome,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    let ready = new.conditions.iter().find(|c| c.type_ == condition::READY);
+    let note = ready.map(|c| c.message.clone()).filter(|m| !m.is_empty());
+    let from = old.phase.unwrap_or(Phase::Pending);
+    if from != outcome.phase {
+        let warning = matches!(outcome.phase, Phase::Offline | Phase::Failed);
+        let reason = if warning {
+            ready
+                .map(|c| c.reason.clone())
+                .unwrap_or_else(|| outcome.phase.to_string())
+        } else {
+            outcome.phase.to_string()
+        };
+        events.push(Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason,
+            // No "from" phase in the note: the recorder folds repeats of an
+            // event into a series that keeps the first note, so the note must
+            // be as true the second time as the first.
+            note: Some(match note {
+                Some(n) => format!("now {}: {n}", outcome.phase),
+                None => format!("now {}", outcome.phase),
+            }),
+            action: outcome.action.to_owned(),
+            secondary: None,
+        });
+    } else if let Some(problem) = &outcome.problem {
+        let old_reason = old
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::READY)
+            .map(|c| (&c.reason, &c.message));
+        if old_reason != Some((&problem.reason.to_owned(), &problem.message)) {
+            events.push(Event {
+                type_: EventType::Warning,
+                reason: problem.reason.to_owned(),
+                note: Some(problem.message.clone()),
+                action: outcome.action.to_owned(),
+                secondary: None,
+            });
+        }
+    }
+    match &outcome.record {
+        Some(Record::Volume { id, zone, .. }) => events.push(normal(
+            "VolumeCreated",
+            format!("data volume {id} in {zone}"),
+            outcome.action,
+        )),
+        Some(Record::Launched { instance_id, .. }) => events.push(normal(
+            "Launched",
+            format!("instance {instance_id}"),
+            outcome.action,
+        )),
+        _ => {}
+    }
+    events
+}
+
+pub(super) fn normal(reason: &str, note: String, action: &str) -> Event {
+    Event {
+        type_: EventType::Normal,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    }
+}
