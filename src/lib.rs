@@ -96,6 +96,7 @@ pub async fn run_controller(
         },
         limits,
     ));
+    let sweep_settings = SweepSettings::from_args(args, &default_region);
     let settings = Settings {
         cluster_name: args.cluster_name.clone(),
         progress_interval: args.progress_interval,
@@ -104,6 +105,9 @@ pub async fn run_controller(
         restart_backoff: args.restart_backoff,
         sweep_interval: args.sweep_interval,
         concurrency: args.concurrency,
+        batch: sweep_settings.batch,
+        not_found_grace: args.not_found_grace,
+        stale_after: args.stale_after,
     };
     let api: Api<Workspace> = match &args.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -114,7 +118,7 @@ pub async fn run_controller(
     let (wake, woken) = futures::channel::mpsc::unbounded();
     let sweeper = Sweeper::new(
         backend.clone(),
-        SweepSettings::from_args(args, &default_region),
+        sweep_settings,
         controller.store(),
         published,
         wake,

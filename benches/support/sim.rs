@@ -20,7 +20,7 @@ use tend::api::Workspace;
 use tend::backend::ec2::{AwsError, AwsErrorKind, TokenBucket};
 use tend::config::RunArgs;
 use tend::sweep::{
-    Answer, Describer, Snapshot, SweepSettings, Target, assemble, describe_all, fair_order,
+    Answer, Describer, Reply, Snapshot, SweepSettings, Target, assemble, describe_all, fair_order,
 };
 use tokio::time::Instant;
 
@@ -237,6 +237,29 @@ impl Describer for SimEc2 {
     ) -> impl Future<Output = Result<Vec<Instance>, AwsError>> + Send {
         self.answer(region, ids)
     }
+
+    /// As EC2 does: the whole call fails naming every unknown id.
+    async fn describe_named(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> Result<Vec<Instance>, AwsError> {
+        let listed = self.answer(region, ids).await?;
+        let unknown: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| !listed.iter().any(|i| i.instance_id() == Some(*id)))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(listed);
+        }
+        Err(AwsError {
+            operation: "DescribeInstances",
+            kind: AwsErrorKind::NotFound,
+            code: Some("InvalidInstanceID.NotFound".into()),
+            message: format!("The instance IDs '{}' do not exist", unknown.join(", ")),
+        })
+    }
 }
 
 /// Which way the fleet is described.
@@ -405,6 +428,9 @@ fn targets(n: usize, launched_at: Timestamp) -> Vec<Target> {
             instance_id: instance_id(i),
             volume_id: Some(volume_id(i)),
             launched_at: Some(launched_at),
+            known_dead: false,
+            uncertain_since: None,
+            retry: None,
         })
         .collect()
 }
@@ -421,7 +447,7 @@ fn ids_by_region(targets: &[Target]) -> HashMap<String, Vec<String>> {
 }
 
 fn clean(answer: &Answer) -> bool {
-    matches!(answer, Answer::Found(_) | Answer::Missing)
+    matches!(answer.reply, Reply::Found(_) | Reply::NotFound)
 }
 
 /// Runs one case on a paused current-thread runtime.

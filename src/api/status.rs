@@ -44,6 +44,13 @@ pub struct WorkspaceStatus {
     /// The last clean answer from the backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observation: Option<ObservationRecord>,
+    /// Set while looks give only Unknown answers: the time of the last clean
+    /// answer before them. The staleness clock; cleared by a clean answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncertain_since: Option<Time>,
+    /// The last `tend.dev/refresh` annotation value acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_refresh: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

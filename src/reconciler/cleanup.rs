@@ -13,13 +13,8 @@ pub(super) async fn cleanup(
     let old = ws.status.clone().unwrap_or_default();
     if old.phase != Some(Phase::Deleting) {
         let outcome = Outcome {
-            phase: Phase::Deleting,
-            observation: None,
-            problem: None,
             detail: Some("releasing the backend".into()),
-            record: None,
-            action: "Teardown",
-            retry_handled: None,
+            ..Outcome::quiet(Phase::Deleting, "Teardown")
         };
         commit(ws, ctx, api, &old, outcome).await?;
     }

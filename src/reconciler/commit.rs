@@ -57,8 +57,12 @@ pub(super) async fn commit(
             .map(Time)
             .collect();
     }
+    if let Some(refresh) = &outcome.refresh_handled {
+        new.handled_refresh = Some(refresh.clone());
+    }
     if let Some(obs) = &outcome.observation {
-        record_observation(&mut new, obs, now);
+        record_observation(&mut new, obs, outcome.asked_at);
+        new.uncertain_since = outcome.uncertain_since.map(Time);
     }
     let wanted = conditions::wanted_conditions(&conditions::Inputs {
         phase: outcome.phase,
@@ -102,9 +106,13 @@ pub(super) async fn commit(
     Ok(())
 }
 
-/// `status.observation` holds the last clean answer; its time moves only when
-/// the answer changes.
-pub(super) fn record_observation(status: &mut WorkspaceStatus, obs: &Observation, now: Timestamp) {
+/// `status.observation` holds the last clean answer; its time (when the call
+/// that gave it was sent) moves only when the answer changes.
+pub(super) fn record_observation(
+    status: &mut WorkspaceStatus,
+    obs: &Observation,
+    asked_at: Timestamp,
+) {
     let Some(state) = obs.state_name() else {
         return;
     };
@@ -120,7 +128,7 @@ pub(super) fn record_observation(status: &mut WorkspaceStatus, obs: &Observation
         status.observation = Some(ObservationRecord {
             state: state.to_owned(),
             reason,
-            observed_at: Time(now),
+            observed_at: Time(asked_at),
             source: "ec2:DescribeInstances".into(),
         });
     }

@@ -1,21 +1,53 @@
 //! Which answer to trust: the sweep's snapshot or a direct look.
 
 use super::*;
+use crate::sweep::{describe_all, sighting};
 
 /// One answer about the recorded instance, and what the sweeper adds to it.
 pub(super) struct Look {
     pub observation: Observation,
+    /// When the call that gave this answer was sent.
+    pub asked_at: Timestamp,
+    /// When the last clean answer was asked, where the sweep knows it.
+    pub last_clean_at: Option<Timestamp>,
     pub hold: Hold,
-    pub stale: bool,
     /// A death seen outside the sweep: wait for the sweep to confirm it.
     pub await_sweep: bool,
+    /// The new `tend.dev/refresh` value this look answered.
+    pub refresh_handled: Option<String>,
 }
 
-/// The sweeper's answer if it is fresh (younger than two sweep intervals),
-/// about the same instance, and the Workspace is settled (Online or Offline);
-/// otherwise, or when `tend.dev/refresh` has a new value, one direct look.
-/// While tend itself is changing the backend (launching, starting, stopping,
-/// restarting) an answer from before that change would mislead.
+/// Whether the sweep's answer may stand for a look of our own: the
+/// Workspace is settled (Online or Offline), no refresh was asked for, the
+/// answer is younger than two sweep intervals and was asked after anything
+/// status records (the last answer written, the last restart). While tend
+/// itself changes the backend (launching, starting, stopping, restarting) an
+/// answer from before that change would mislead.
+pub(super) fn trust_snapshot(
+    entry: &Entry,
+    old: &WorkspaceStatus,
+    forced: bool,
+    now: Timestamp,
+    sweep_interval: Duration,
+) -> bool {
+    let settled = matches!(old.phase, Some(Phase::Online | Phase::Offline));
+    let newest_known = [
+        old.observation.as_ref().map(|o| o.observed_at.0),
+        old.last_restart.as_ref().map(|r| r.at.0),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    !forced
+        && settled
+        && old.instance_id.as_deref() == Some(entry.instance_id.as_str())
+        && elapsed(entry.observed_at, now).unwrap_or(Duration::MAX) < sweep_interval * 2
+        && newest_known.is_none_or(|t| entry.observed_at >= t)
+}
+
+/// The sweeper's answer where it may be trusted; otherwise, or when
+/// `tend.dev/refresh` has a new value, one direct look through the same
+/// batched describe the sweep uses, absence proven by id.
 pub(super) async fn look(
     ws: &Workspace,
     ctx: &Context,
@@ -25,78 +57,127 @@ pub(super) async fn look(
 ) -> Look {
     let uid = ws.uid().unwrap_or_default();
     let refresh = ws.annotations().get(REFRESH_ANNOTATION);
-    let forced =
-        refresh.is_some_and(|v| ctx.refreshes.lock().expect("refresh lock").get(&uid) != Some(v));
-    let settled = matches!(old.phase, Some(Phase::Online | Phase::Offline));
+    let forced = refresh.is_some_and(|v| old.handled_refresh.as_ref() != Some(v));
     let snapshot = ctx.snapshot.borrow().clone();
-    let entry = snapshot
-        .get(&uid)
-        .filter(|e| old.instance_id.as_deref() == Some(e.instance_id.as_str()));
-    // Nothing tend recorded since may be newer than the sweep's answer: not
-    // the last answer written to status, and not the last restart.
-    let newest_known = [
-        old.observation.as_ref().map(|o| o.observed_at.0),
-        old.last_restart.as_ref().map(|r| r.at.0),
-    ]
-    .into_iter()
-    .flatten()
-    .max();
-    if !forced
-        && settled
-        && let Some(entry) = entry
-        && elapsed(entry.observed_at, now).unwrap_or(Duration::MAX)
-            < ctx.settings.sweep_interval * 2
-        && newest_known.is_none_or(|t| entry.observed_at >= t)
+    let entry = snapshot.get(&uid);
+    if let Some(entry) = entry
+        && trust_snapshot(entry, old, forced, now, ctx.settings.sweep_interval)
     {
         debug!(workspace = %ws.name_any(), sweep = snapshot.sweep, "using the sweep's answer");
         return Look {
             observation: entry.observation.clone(),
+            asked_at: entry.observed_at,
+            last_clean_at: Some(entry.last_clean_at),
             hold: entry.hold,
-            stale: entry.stale,
             await_sweep: false,
+            refresh_handled: None,
         };
     }
-    if let Some(value) = refresh {
-        ctx.refreshes
-            .lock()
-            .expect("refresh lock")
-            .insert(uid, value.clone());
-    }
-    let observation = ctx.ec2.observe(spec, old, now).await;
+    let instance_id = old.instance_id.clone().unwrap_or_default();
+    let region = ctx.ec2.region_of(spec, old).to_owned();
+    let ids = HashMap::from([(region, vec![instance_id.clone()])]);
+    let batch = ctx.settings.batch;
+    // A filtered describe, then at most a confirmation by id.
+    let deadline = tokio::time::Instant::now() + batch.probe_timeout * 3;
+    let (answers, _) = describe_all(&*ctx.ec2, &ids, batch, deadline).await;
+    let seen = sighting(
+        &instance_id,
+        old.volume_id.as_deref(),
+        old.launched_at.as_ref().map(|t| t.0),
+        answers.get(&instance_id),
+        ctx.settings.not_found_grace,
+        Timestamp::now(),
+    );
+    let observation = seen.observation;
     debug!(workspace = %ws.name_any(), forced, ?observation, "looked directly");
     ctx.metrics.observed(&observation);
     let dead = matches!(observation, Observation::NotRunning(_));
-    // A direct look that agrees with a held sweep answer stays held.
+    let alive = matches!(
+        observation,
+        Observation::Running | Observation::Pending { .. }
+    );
+    // A direct look that does not contradict a held sweep answer stays held.
     let hold = match entry {
-        Some(e) if dead && matches!(e.hold, Hold::Suspected { .. }) => e.hold,
+        Some(e)
+            if !alive
+                && e.instance_id == instance_id
+                && matches!(e.hold, Hold::Suspected { .. }) =>
+        {
+            e.hold
+        }
         _ => Hold::None,
     };
     Look {
         observation,
+        asked_at: seen.asked_at,
+        last_clean_at: None,
         hold,
-        stale: false,
         // Only the sweep sees the whole fleet, so only the sweep (and its
         // circuit breaker) may take a running Workspace offline; a user's
         // refresh is the one exception.
         await_sweep: dead && !forced && old.phase == Some(Phase::Online),
+        refresh_handled: if forced { refresh.cloned() } else { None },
     }
 }
 
-/// `Ready=Unknown` when the answer cannot be trusted yet, or is too old.
-pub(super) fn uncertainty(look: Option<&Look>) -> Option<Problem> {
+/// The staleness clock after this look: cleared by a clean answer; started
+/// by the first Unknown at the time of the last clean answer known (or of
+/// this look), and kept as it is by further Unknowns.
+pub(super) fn uncertain_since(look: &Look, old: &WorkspaceStatus) -> Option<Timestamp> {
+    match look.observation {
+        Observation::Unknown { .. } => old
+            .uncertain_since
+            .as_ref()
+            .map(|t| t.0)
+            .or(look.last_clean_at)
+            .or(Some(look.asked_at)),
+        _ => None,
+    }
+}
+
+/// `Ready=Unknown` when the answer cannot be trusted yet, or is too old. Both
+/// stay until a clean answer comes: an Unknown in between changes nothing.
+pub(super) fn uncertainty(
+    look: Option<&Look>,
+    old: &WorkspaceStatus,
+    stale: bool,
+) -> Option<Problem> {
+    const OUTAGE: &str = "SuspectedProviderOutage";
     let look = look?;
     match (&look.observation, look.hold) {
-        (Observation::NotRunning(nr), Hold::Suspected { .. }) => Some(Problem::uncertain(
-            "SuspectedProviderOutage",
-            format!(
-                "{} ({}), but too many Workspaces of its region or zone stopped at once; \
-                 acting only if the answer persists",
-                nr.message, nr.reason
-            ),
+        (Observation::NotRunning(nr), Hold::Suspected { absent, .. }) => Some(Problem::uncertain(
+            OUTAGE,
+            if absent {
+                format!(
+                    "{} ({}), but too many Workspaces of its region or zone vanished at once; \
+                     tend does not act on a mass absence by itself: set the {RETRY_ANNOTATION} \
+                     annotation to a new value to act on it",
+                    nr.message, nr.reason
+                )
+            } else {
+                format!(
+                    "{} ({}), but too many Workspaces of its region or zone stopped at once; \
+                     acting only if the answer persists",
+                    nr.message, nr.reason
+                )
+            },
         )),
+        (Observation::Unknown { .. }, Hold::Suspected { .. }) => {
+            let message = old
+                .conditions
+                .iter()
+                .find(|c| c.type_ == condition::READY && c.reason == OUTAGE)
+                .map(|c| c.message.clone())
+                .unwrap_or_else(|| {
+                    "too many Workspaces of its region or zone stopped at once; \
+                     acting only if the answer persists"
+                        .to_owned()
+                });
+            Some(Problem::uncertain(OUTAGE, message))
+        }
         // No error text: it varies from look to look, and each change would
         // be another write and event for every stale Workspace.
-        (Observation::Unknown { .. }, _) if look.stale => Some(Problem::uncertain(
+        (Observation::Unknown { .. }, _) if stale => Some(Problem::uncertain(
             "ObservationStale",
             "no clean answer from the backend for longer than --stale-after; see BackendRunning"
                 .to_owned(),

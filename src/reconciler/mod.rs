@@ -31,7 +31,7 @@ use cleanup::cleanup;
 use commit::commit;
 use conditions::Problem;
 use execute::{execute, fail};
-use look::{look, uncertainty};
+use look::{look, uncertain_since, uncertainty};
 
 use crate::api::{
     self, FINALIZER, ObservationRecord, Phase, REFRESH_ANNOTATION, RETRY_ANNOTATION, RestartPolicy,
@@ -43,7 +43,7 @@ use crate::core::{
     transition,
 };
 use crate::metrics::Metrics;
-use crate::sweep::{Hold, Snapshot};
+use crate::sweep::{BatchSettings, Entry, Hold, Snapshot};
 
 /// How the reconciler paces itself.
 #[derive(Debug, Clone)]
@@ -61,6 +61,12 @@ pub struct Settings {
     /// fresh enough to act on.
     pub sweep_interval: Duration,
     pub concurrency: u16,
+    /// How direct looks describe: the same batched, bounded calls as the sweep.
+    pub batch: BatchSettings,
+    /// How long after launch a missing instance is not yet proof of death.
+    pub not_found_grace: Duration,
+    /// Only Unknown answers this long: `Ready=Unknown`/`ObservationStale`.
+    pub stale_after: Duration,
 }
 
 /// Everything a reconcile needs.
@@ -72,8 +78,6 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     failures: Mutex<HashMap<String, u32>>,
-    /// Last `tend.dev/refresh` value acted upon, per Workspace uid.
-    refreshes: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -93,7 +97,6 @@ impl Context {
             metrics,
             snapshot,
             failures: Mutex::new(HashMap::new()),
-            refreshes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -211,25 +214,43 @@ pub const WAITS_FOR_HUMAN: &[&str] = &["CrashLoop", "VolumeLost"];
 /// What one reconcile concluded, before it is written.
 struct Outcome {
     phase: Phase,
+    /// This reconcile's look, if it looked.
     observation: Option<Observation>,
+    /// When the look's call was sent.
+    asked_at: Timestamp,
+    /// The staleness clock after the look (written only with a look).
+    uncertain_since: Option<Timestamp>,
     problem: Option<Problem>,
     detail: Option<String>,
     record: Option<Record>,
     action: &'static str,
     /// A new `tend.dev/retry` value: clears the restart history.
     retry_handled: Option<String>,
+    /// A new `tend.dev/refresh` value that this reconcile's look answered.
+    refresh_handled: Option<String>,
 }
 
 impl Outcome {
-    fn problem(phase: Phase, reason: &'static str, message: String) -> Self {
+    /// An outcome that looked at nothing and changes only the phase.
+    fn quiet(phase: Phase, action: &'static str) -> Self {
         Outcome {
             phase,
             observation: None,
-            problem: Some(Problem::failure(reason, message)),
+            asked_at: Timestamp::now(),
+            uncertain_since: None,
+            problem: None,
             detail: None,
             record: None,
-            action: "Validate",
+            action,
             retry_handled: None,
+            refresh_handled: None,
+        }
+    }
+
+    fn problem(phase: Phase, reason: &'static str, message: String) -> Self {
+        Outcome {
+            problem: Some(Problem::failure(reason, message)),
+            ..Outcome::quiet(phase, "Validate")
         }
     }
 }
@@ -322,14 +343,23 @@ async fn apply(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<Re
         return Err(illegal.into());
     }
 
+    let uncertain_since = look.as_ref().and_then(|l| uncertain_since(l, &old));
+    let stale_in = uncertain_since.map(|since| {
+        let unknown_for = elapsed(since, now).unwrap_or_default();
+        ctx.settings.stale_after.saturating_sub(unknown_for)
+    });
+    let stale = stale_in.is_some_and(|left| left.is_zero());
     let mut outcome = Outcome {
         phase: plan.phase,
         observation: look.as_ref().map(|l| l.observation.clone()),
-        problem: uncertainty(look.as_ref()),
+        asked_at: look.as_ref().map_or(now, |l| l.asked_at),
+        uncertain_since,
+        problem: uncertainty(look.as_ref(), &old, stale),
         detail: None,
         record: None,
         action: action_name(plan.action),
         retry_handled,
+        refresh_handled: look.as_ref().and_then(|l| l.refresh_handled.clone()),
     };
     if plan.phase == Phase::Failed && phase != Phase::Failed && gate == RestartGate::CrashLoop {
         outcome.problem = Some(Problem::failure(
@@ -347,6 +377,11 @@ async fn apply(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<Re
         }
         _ => steady_requeue(ctx, plan.phase),
     };
+    // Look again when the answers would turn stale, so the condition says
+    // so on time.
+    if let Some(left) = stale_in.filter(|left| !left.is_zero()) {
+        requeue = requeue.min(left + Duration::from_millis(50));
+    }
     match execute(ws, ctx, spec, &old, &owner, plan).await {
         Ok(Step::Record(r)) => {
             outcome.record = Some(r);
@@ -361,6 +396,9 @@ async fn apply(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<Re
         Ok(Step::Done) => ctx.succeeded(&uid),
         Err(e) => {
             requeue = ctx.backoff(&uid);
+            // What did not happen is not announced: no phase change, no
+            // restart counted, unless the failure itself is the news.
+            outcome.phase = phase;
             fail(&mut outcome, phase, plan.action, e, ctx, &name, &ns);
         }
     }

@@ -3,7 +3,9 @@
 //! One call per batch of ids; a batch that fails is split in halves until the
 //! failing ids are isolated, so one bad id never poisons the rest. Throttling
 //! and timeouts are never bisected (that would multiply the calls AWS just
-//! refused, or the slow ones); the whole batch is Unknown.
+//! refused, or the slow ones); the whole batch is Unknown. Ids a successful
+//! describe leaves out are asked about by id, in batches, before anything
+//! counts as absent.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -14,14 +16,25 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use crate::backend::ec2::{AwsError, AwsErrorKind, TokenBucket};
+use jiff::Timestamp;
+
+use crate::backend::ec2::{AwsError, AwsErrorKind, TokenBucket, not_found_ids};
 
 /// Something that can describe instances in batches: EC2, or a simulation.
 pub trait Describer: Send + Sync + 'static {
     /// The describe-family rate limit of a region, shared with other callers.
     fn read_bucket(&self, region: &str) -> Arc<TokenBucket>;
-    /// One batch describe. The caller has already taken a token.
+    /// One batch describe with the `instance-id` filter: it lists what exists
+    /// and silently leaves out the rest. The caller has already taken a token.
     fn describe(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<Instance>, AwsError>> + Send;
+    /// One describe naming the ids (`InstanceIds`): it fails as a whole with
+    /// `InvalidInstanceID.NotFound`, naming unknown ids, if any is unknown.
+    /// The caller has already taken a token.
+    fn describe_named(
         &self,
         region: &str,
         ids: &[String],
@@ -40,17 +53,42 @@ impl Describer for crate::backend::ec2::Ec2Backend {
     ) -> impl Future<Output = Result<Vec<Instance>, AwsError>> + Send {
         self.describe_batch(region, ids)
     }
+
+    fn describe_named(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<Instance>, AwsError>> + Send {
+        self.describe_by_ids(region, ids)
+    }
 }
 
-/// How one id fared.
+/// How one id fared, stamped with the time the call that answered it was
+/// sent: an answer to a question asked before a restart must not undo it.
 #[derive(Debug, Clone)]
-pub enum Answer {
-    /// The describe succeeded and listed the instance.
+pub struct Answer {
+    pub asked_at: Timestamp,
+    pub reply: Reply,
+}
+
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A describe listed the instance.
     Found(Box<Instance>),
-    /// The describe succeeded and did not list it.
-    Missing,
-    /// No successful describe covered it.
+    /// Asked about by id, EC2 answered that the instance does not exist.
+    NotFound,
+    /// No clean answer: the call failed, timed out, or an omission could not
+    /// be confirmed by id.
     Failed(String),
+}
+
+impl Answer {
+    fn failed(asked_at: Timestamp, why: &str) -> Self {
+        Answer {
+            asked_at,
+            reply: Reply::Failed(why.to_owned()),
+        }
+    }
 }
 
 /// Counters of one round of describes, for metrics and benchmarks.
@@ -60,6 +98,8 @@ pub struct CallStats {
     pub throttled: usize,
     pub failed: usize,
     pub timed_out: usize,
+    /// Calls naming ids that a filtered describe left out.
+    pub confirmations: usize,
     pub limiter_wait: Duration,
 }
 
@@ -70,34 +110,60 @@ pub struct BatchSettings {
     pub max_in_flight: usize,
 }
 
+/// How a batch asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// The `instance-id` filter: one unknown id cannot fail the call.
+    Filter,
+    /// By id, to prove that ids the filter left out do not exist.
+    ById,
+}
+
+struct Job {
+    region: String,
+    ids: Vec<String>,
+    ask: Ask,
+}
+
 /// Describes every `(region, id)`, bounded by `deadline`: whatever has no
-/// answer by then is `Failed`.
+/// answer by then is `Failed`. An id that a filtered describe leaves out is
+/// asked about by id; only EC2 naming it as not found is `NotFound`.
 pub async fn describe_all<D: Describer>(
     describer: &D,
     ids_by_region: &HashMap<String, Vec<String>>,
     settings: BatchSettings,
     deadline: Instant,
 ) -> (HashMap<String, Answer>, CallStats) {
-    let mut pending: VecDeque<(String, Vec<String>)> = ids_by_region
+    let mut pending: VecDeque<Job> = ids_by_region
         .iter()
         .flat_map(|(region, ids)| {
             ids.chunks(settings.batch_size.max(1))
-                .map(move |chunk| (region.clone(), chunk.to_vec()))
+                .map(move |chunk| Job {
+                    region: region.clone(),
+                    ids: chunk.to_vec(),
+                    ask: Ask::Filter,
+                })
         })
         .collect();
+    let started = Timestamp::now();
     let mut answers = HashMap::new();
     let mut stats = CallStats::default();
     let mut in_flight = FuturesUnordered::new();
     loop {
         while in_flight.len() < settings.max_in_flight.max(1)
-            && let Some((region, ids)) = pending.pop_front()
+            && let Some(job) = pending.pop_front()
         {
             in_flight.push(async move {
-                let waited = describer.read_bucket(&region).acquire().await;
-                let result =
-                    tokio::time::timeout(settings.probe_timeout, describer.describe(&region, &ids))
-                        .await;
-                (region, ids, waited, result)
+                let waited = describer.read_bucket(&job.region).acquire().await;
+                let asked_at = Timestamp::now();
+                let call = async {
+                    match job.ask {
+                        Ask::Filter => describer.describe(&job.region, &job.ids).await,
+                        Ask::ById => describer.describe_named(&job.region, &job.ids).await,
+                    }
+                };
+                let result = tokio::time::timeout(settings.probe_timeout, call).await;
+                (job, asked_at, waited, result)
             });
         }
         let next = match tokio::time::timeout_at(deadline, in_flight.next()).await {
@@ -106,20 +172,20 @@ pub async fn describe_all<D: Describer>(
             Err(_) => {
                 // Out of time: nothing unanswered may stall the sweep.
                 drop(in_flight);
-                for (_, ids) in pending {
-                    fail(&mut answers, &ids, "no answer within the sweep deadline");
-                }
                 for id in ids_by_region.values().flatten() {
                     answers.entry(id.clone()).or_insert_with(|| {
-                        Answer::Failed("no answer within the sweep deadline".into())
+                        Answer::failed(started, "no answer within the sweep deadline")
                     });
                 }
                 stats.timed_out += 1;
                 return (answers, stats);
             }
         };
-        let (region, ids, waited, result) = next;
+        let (job, asked_at, waited, result) = next;
         stats.limiter_wait += waited;
+        if job.ask == Ask::ById {
+            stats.confirmations += 1;
+        }
         match result {
             Ok(Ok(instances)) => {
                 stats.ok += 1;
@@ -127,15 +193,38 @@ pub async fn describe_all<D: Describer>(
                     .iter()
                     .filter_map(|i| Some((i.instance_id()?, i)))
                     .collect();
-                for id in &ids {
-                    let answer = match by_id.remove(id.as_str()) {
-                        Some(i) => Answer::Found(Box::new(i.clone())),
-                        None => Answer::Missing,
+                let mut left_out = Vec::new();
+                for id in job.ids {
+                    let Some(instance) = by_id.remove(id.as_str()) else {
+                        left_out.push(id);
+                        continue;
                     };
-                    answers.insert(id.clone(), answer);
+                    let reply = Reply::Found(Box::new(instance.clone()));
+                    answers.insert(id, Answer { asked_at, reply });
+                }
+                match job.ask {
+                    // An omission proves nothing: ask about those ids by name.
+                    Ask::Filter if !left_out.is_empty() => pending.push_back(Job {
+                        region: job.region,
+                        ids: left_out,
+                        ask: Ask::ById,
+                    }),
+                    _ => fail(
+                        &mut answers,
+                        &left_out,
+                        asked_at,
+                        "left out of an answer that named it",
+                    ),
                 }
             }
             Ok(Err(e)) => {
+                if job.ask == Ask::ById
+                    && let Some(named) = not_found_ids(&e)
+                {
+                    stats.ok += 1;
+                    confirmed_absent(&mut pending, &mut answers, job, asked_at, &named, &e);
+                    continue;
+                }
                 let whole_batch = matches!(e.kind, AwsErrorKind::Throttled | AwsErrorKind::Auth);
                 if e.kind == AwsErrorKind::Throttled {
                     stats.throttled += 1;
@@ -145,8 +234,8 @@ pub async fn describe_all<D: Describer>(
                 split_or_fail(
                     &mut pending,
                     &mut answers,
-                    region,
-                    ids,
+                    job,
+                    asked_at,
                     whole_batch,
                     &e.to_string(),
                 );
@@ -157,32 +246,66 @@ pub async fn describe_all<D: Describer>(
                     "DescribeInstances timed out after {:?}",
                     settings.probe_timeout
                 );
-                split_or_fail(&mut pending, &mut answers, region, ids, false, &why);
+                split_or_fail(&mut pending, &mut answers, job, asked_at, true, &why);
             }
         }
     }
     (answers, stats)
 }
 
-fn split_or_fail(
-    pending: &mut VecDeque<(String, Vec<String>)>,
+/// A describe by id failed with not-found: the ids it names are proven
+/// absent. EC2 names every unknown id, moto only the first, so the rest are
+/// asked about again. A not-found that names none of them proves nothing.
+fn confirmed_absent(
+    pending: &mut VecDeque<Job>,
     answers: &mut HashMap<String, Answer>,
-    region: String,
-    mut ids: Vec<String>,
+    job: Job,
+    asked_at: Timestamp,
+    named: &[String],
+    error: &AwsError,
+) {
+    let (absent, rest): (Vec<String>, Vec<String>) =
+        job.ids.into_iter().partition(|id| named.contains(id));
+    if absent.is_empty() {
+        fail(answers, &rest, asked_at, &error.to_string());
+        return;
+    }
+    for id in absent {
+        let reply = Reply::NotFound;
+        answers.insert(id, Answer { asked_at, reply });
+    }
+    if !rest.is_empty() {
+        pending.push_back(Job {
+            region: job.region,
+            ids: rest,
+            ask: Ask::ById,
+        });
+    }
+}
+
+fn split_or_fail(
+    pending: &mut VecDeque<Job>,
+    answers: &mut HashMap<String, Answer>,
+    mut job: Job,
+    asked_at: Timestamp,
     whole_batch: bool,
     why: &str,
 ) {
-    if whole_batch || ids.len() < 2 {
-        fail(answers, &ids, why);
+    if whole_batch || job.ids.len() < 2 {
+        fail(answers, &job.ids, asked_at, why);
         return;
     }
-    let second = ids.split_off(ids.len() / 2);
-    pending.push_back((region.clone(), ids));
-    pending.push_back((region, second));
+    let second = job.ids.split_off(job.ids.len() / 2);
+    pending.push_back(Job {
+        region: job.region.clone(),
+        ids: second,
+        ask: job.ask,
+    });
+    pending.push_back(job);
 }
 
-fn fail(answers: &mut HashMap<String, Answer>, ids: &[String], why: &str) {
+fn fail(answers: &mut HashMap<String, Answer>, ids: &[String], asked_at: Timestamp, why: &str) {
     for id in ids {
-        answers.insert(id.clone(), Answer::Failed(why.to_owned()));
+        answers.insert(id.clone(), Answer::failed(asked_at, why));
     }
 }

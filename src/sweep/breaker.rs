@@ -1,7 +1,8 @@
 //! The circuit breaker: when too many Workspaces of one region or zone turn
-//! NotRunning in the same sweep, the likelier story is a provider outage or a
-//! broken answer, not a hundred independent deaths. Hold, and act only if the
-//! answers persist. Pure: no clocks, no I/O.
+//! NotRunning within a few sweeps, the likelier story is a provider outage or
+//! a broken answer, not a hundred independent deaths. Hold, and act only if
+//! the answers persist; a mass absence waits for a human. Pure: no clocks,
+//! no I/O.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -10,7 +11,7 @@ use crate::core::Observation;
 
 #[derive(Debug, Clone, Copy)]
 pub struct BreakerSettings {
-    /// Trip when more than this fraction of a group turns NotRunning at once.
+    /// Trip when more than this fraction of a group died within the window.
     pub max_offline_fraction: f64,
     /// Groups smaller than this never trip: a fraction of a few means nothing.
     pub min_fleet: usize,
@@ -18,16 +19,38 @@ pub struct BreakerSettings {
     pub hold_sweeps: u32,
     /// At most this many held answers are let through per sweep.
     pub max_restarts_per_sweep: usize,
+    /// Deaths count towards a trip for this many sweeps, so that a trickle of
+    /// wrong answers spread over several sweeps cannot slip under the threshold.
+    pub window_sweeps: u64,
 }
 
 /// One Workspace's answer in this sweep, with what was known before.
 #[derive(Debug, Clone)]
 pub struct Sample<'a> {
     pub uid: &'a str,
+    pub instance_id: &'a str,
     pub region: &'a str,
     pub zone: Option<&'a str>,
     pub now: &'a Observation,
     pub before: Option<&'a Entry>,
+    /// The answer is a proven absence (not found by id), not a listed state.
+    pub absent: bool,
+    /// Status already records this instance as dead (the Workspace is
+    /// Offline), so a NotRunning answer is no news, even with no answer
+    /// from before (after a controller restart).
+    pub known_dead: bool,
+    /// The Workspace's `tend.dev/retry` annotation now.
+    pub retry: Option<&'a str>,
+}
+
+/// A Workspace that turned NotRunning in some recent sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Death {
+    pub uid: String,
+    pub instance_id: String,
+    pub region: String,
+    pub zone: Option<String>,
+    pub sweep: u64,
 }
 
 /// A group (a region, or one zone of it) that tripped in this sweep.
@@ -35,37 +58,87 @@ pub struct Sample<'a> {
 pub struct Trip {
     pub region: String,
     pub zone: Option<String>,
-    pub newly_not_running: usize,
+    /// Deaths within the window.
+    pub not_running: usize,
     pub observed: usize,
+}
+
+/// What the breaker concluded in one sweep.
+#[derive(Debug, Clone, Default)]
+pub struct Assessment {
+    pub holds: HashMap<String, Hold>,
+    pub trips: Vec<Trip>,
+    /// Deaths still within the window, for the next sweep.
+    pub deaths: Vec<Death>,
+}
+
+/// The groups a Workspace counts in: its region, and its zone if known.
+fn groups_of<'a>(
+    region: &'a str,
+    zone: Option<&'a str>,
+) -> impl Iterator<Item = (&'a str, Option<&'a str>)> {
+    std::iter::once((region, None)).chain(zone.map(|z| (region, Some(z))))
 }
 
 fn is_not_running(obs: &Observation) -> bool {
     matches!(obs, Observation::NotRunning(_))
 }
 
-/// A NotRunning answer where the previous answer was something else.
+/// A NotRunning answer where nothing known before said it was dead.
 fn newly_not_running(s: &Sample) -> bool {
-    is_not_running(s.now) && !s.before.is_some_and(|b| is_not_running(&b.observation))
+    is_not_running(s.now)
+        && !s.known_dead
+        && !s.before.is_some_and(|b| is_not_running(&b.observation))
 }
 
-/// Decides the hold of every sample, and which groups tripped.
+/// Decides the hold of every sample, and which groups tripped. `sweep` is
+/// this sweep's number; `recent` the deaths the previous sweep kept.
 pub fn assess(
     samples: &[Sample],
+    recent: &[Death],
+    sweep: u64,
     settings: &BreakerSettings,
-) -> (HashMap<String, Hold>, Vec<Trip>) {
-    // (region, zone) -> (observed, newly not running); zone None = the whole region.
-    let mut groups: BTreeMap<(String, Option<String>), (usize, usize)> = BTreeMap::new();
+) -> Assessment {
+    // Deaths within the window, of Workspaces still in this sweep, one per
+    // uid. A death whose instance answers alive again was a scare, not a
+    // death; a replacement that runs does not undo its predecessor's death.
+    let current: HashMap<&str, &Sample> = samples.iter().map(|s| (s.uid, s)).collect();
+    let still_dead = |d: &Death| {
+        current.get(d.uid.as_str()).is_some_and(|s| {
+            s.instance_id != d.instance_id
+                || !matches!(s.now, Observation::Running | Observation::Pending { .. })
+        })
+    };
+    let mut deaths: BTreeMap<String, Death> = recent
+        .iter()
+        .filter(|d| d.sweep + settings.window_sweeps > sweep && still_dead(d))
+        .map(|d| (d.uid.clone(), d.clone()))
+        .collect();
+    for s in samples.iter().filter(|s| newly_not_running(s)) {
+        deaths.insert(
+            s.uid.to_owned(),
+            Death {
+                uid: s.uid.to_owned(),
+                instance_id: s.instance_id.to_owned(),
+                region: s.region.to_owned(),
+                zone: s.zone.map(str::to_owned),
+                sweep,
+            },
+        );
+    }
+
+    // (region, zone) -> (observed, died); zone None = the whole region.
+    let mut groups: BTreeMap<(&str, Option<&str>), (usize, usize)> = BTreeMap::new();
     for s in samples {
-        let fresh = usize::from(newly_not_running(s));
-        let region = groups.entry((s.region.to_owned(), None)).or_default();
-        region.0 += 1;
-        region.1 += fresh;
-        if let Some(zone) = s.zone {
-            let z = groups
-                .entry((s.region.to_owned(), Some(zone.to_owned())))
-                .or_default();
-            z.0 += 1;
-            z.1 += fresh;
+        for key in groups_of(s.region, s.zone) {
+            groups.entry(key).or_default().0 += 1;
+        }
+    }
+    for d in deaths.values() {
+        for key in groups_of(&d.region, d.zone.as_deref()) {
+            if let Some(group) = groups.get_mut(&key) {
+                group.1 += 1;
+            }
         }
     }
     let trips: Vec<Trip> = groups
@@ -75,9 +148,9 @@ pub fn assess(
                 && (*dead as f64) > settings.max_offline_fraction * (*observed as f64)
         })
         .map(|((region, zone), (observed, dead))| Trip {
-            region,
-            zone,
-            newly_not_running: dead,
+            region: region.to_owned(),
+            zone: zone.map(str::to_owned),
+            not_running: dead,
             observed,
         })
         .collect();
@@ -92,20 +165,31 @@ pub fn assess(
     for s in samples {
         let before = s.before.map(|b| b.hold).unwrap_or(Hold::None);
         let hold = match (before, s.now) {
-            (Hold::Suspected { sweeps }, Observation::NotRunning(_)) => {
-                Hold::Suspected { sweeps: sweeps + 1 }
-            }
+            (Hold::Suspected { sweeps, absent }, Observation::NotRunning(_)) => Hold::Suspected {
+                sweeps: sweeps + 1,
+                absent,
+            },
             // No news is no evidence either way.
-            (Hold::Suspected { sweeps }, Observation::Unknown { .. }) => Hold::Suspected { sweeps },
+            (held @ Hold::Suspected { .. }, Observation::Unknown { .. }) => held,
             // It came back: the scare is over, nothing to do.
             (Hold::Suspected { .. }, _) => Hold::None,
             (Hold::Released, Observation::NotRunning(_)) => Hold::Released,
-            _ if newly_not_running(s) && tripped(s) => Hold::Suspected { sweeps: 1 },
+            _ if newly_not_running(s) && tripped(s) => Hold::Suspected {
+                sweeps: 1,
+                absent: s.absent,
+            },
             _ => Hold::None,
         };
-        if let Hold::Suspected { sweeps } = hold
-            && sweeps >= settings.hold_sweeps
-        {
+        let believed = match hold {
+            // A mass absence is never believed on its own: only a human's
+            // new tend.dev/retry lets it through.
+            Hold::Suspected { absent: true, .. } => {
+                s.before.is_some_and(|b| b.held_retry.as_deref() != s.retry)
+            }
+            Hold::Suspected { sweeps, .. } => sweeps >= settings.hold_sweeps,
+            _ => false,
+        };
+        if believed {
             eligible.push(s.uid);
         }
         holds.insert(s.uid.to_owned(), hold);
@@ -115,7 +199,11 @@ pub fn assess(
     for uid in eligible.into_iter().take(settings.max_restarts_per_sweep) {
         holds.insert(uid.to_owned(), Hold::Released);
     }
-    (holds, trips)
+    Assessment {
+        holds,
+        trips,
+        deaths: deaths.into_values().collect(),
+    }
 }
 
 #[cfg(test)]

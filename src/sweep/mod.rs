@@ -18,11 +18,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use batch::{Answer, BatchSettings, CallStats, Describer, describe_all};
-pub use breaker::{BreakerSettings, Sample, Trip, assess};
+pub use batch::{Answer, BatchSettings, CallStats, Describer, Reply, describe_all};
+pub use breaker::{Assessment, BreakerSettings, Death, Sample, Trip, assess};
 pub use snapshot::{Entry, Hold, Snapshot};
 
-use crate::api::{Phase, Runtime, Workspace};
+use crate::api::{Phase, RETRY_ANNOTATION, Runtime, Workspace};
 use crate::backend::ec2::{classify_instance, classify_missing, region_of};
 use crate::core::{Observation, elapsed};
 use crate::metrics::Metrics;
@@ -56,6 +56,7 @@ impl SweepSettings {
                 min_fleet: 10,
                 hold_sweeps: 3,
                 max_restarts_per_sweep: args.max_restarts_per_sweep,
+                window_sweeps: 5,
             },
             default_region: default_region.to_owned(),
         }
@@ -71,6 +72,12 @@ pub struct Target {
     pub instance_id: String,
     pub volume_id: Option<String>,
     pub launched_at: Option<Timestamp>,
+    /// Status already records the instance as dead: the Workspace is Offline.
+    pub known_dead: bool,
+    /// The persisted start of the current run of Unknown answers, if any.
+    pub uncertain_since: Option<Timestamp>,
+    /// The `tend.dev/retry` annotation's value.
+    pub retry: Option<String>,
 }
 
 /// Whether the sweeper watches this Workspace: ec2, not being deleted, with an
@@ -100,7 +107,76 @@ pub fn target(ws: &Workspace, default_region: &str) -> Option<Target> {
         instance_id: status.instance_id.clone()?,
         volume_id: status.volume_id.clone(),
         launched_at: status.launched_at.as_ref().map(|t| t.0),
+        known_dead: status.phase == Some(Phase::Offline),
+        uncertain_since: status.uncertain_since.as_ref().map(|t| t.0),
+        retry: ws.annotations().get(RETRY_ANNOTATION).cloned(),
     })
+}
+
+/// What one answer says about one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sighting {
+    pub observation: Observation,
+    /// When the call that answered was sent (`now` when nothing answered).
+    pub asked_at: Timestamp,
+    pub zone: Option<String>,
+    /// A proven absence: EC2 said by id that the instance does not exist.
+    pub absent: bool,
+}
+
+/// Turns a describe answer into an observation: the one place where a
+/// listed state, a proven absence (old enough to be believed) and a failure
+/// become Running, Pending, NotRunning or Unknown.
+pub fn sighting(
+    instance_id: &str,
+    volume_id: Option<&str>,
+    launched_at: Option<Timestamp>,
+    answer: Option<&Answer>,
+    not_found_grace: Duration,
+    now: Timestamp,
+) -> Sighting {
+    let Some(answer) = answer else {
+        return Sighting {
+            observation: Observation::Unknown {
+                error: "not described".into(),
+            },
+            asked_at: now,
+            zone: None,
+            absent: false,
+        };
+    };
+    let asked_at = answer.asked_at;
+    let (observation, zone, absent) = match &answer.reply {
+        Reply::Found(instance) => (
+            classify_instance(instance, volume_id),
+            instance
+                .placement()
+                .and_then(|p| p.availability_zone())
+                .map(str::to_owned),
+            false,
+        ),
+        Reply::NotFound => {
+            // Measured when the question was asked: EC2 is eventually
+            // consistent right after RunInstances.
+            let age = launched_at.map(|at| elapsed(at, asked_at).unwrap_or_default());
+            let observation = classify_missing(instance_id, age, not_found_grace);
+            let absent = matches!(observation, Observation::NotRunning(_));
+            (observation, None, absent)
+        }
+        Reply::Failed(error) => (
+            Observation::Unknown {
+                error: error.clone(),
+            },
+            None,
+            false,
+        ),
+    };
+    Sighting {
+        observation,
+        asked_at,
+        zone,
+        absent,
+    }
 }
 
 /// Least recently *answered* first (never-seen ones before all), so a fleet
@@ -138,68 +214,57 @@ pub fn assemble(
     now: Timestamp,
     settings: &SweepSettings,
 ) -> (Snapshot, Vec<ObjectRef<Workspace>>, Vec<Trip>) {
-    let mut observed: Vec<(&Target, Observation, Option<String>)> = Vec::with_capacity(swept.len());
-    for t in swept {
-        let (obs, zone) = match answers.get(&t.instance_id) {
-            Some(Answer::Found(instance)) => (
-                classify_instance(instance, t.volume_id.as_deref()),
-                instance
-                    .placement()
-                    .and_then(|p| p.availability_zone())
-                    .map(str::to_owned),
-            ),
-            Some(Answer::Missing) => {
-                let age = t.launched_at.map(|at| elapsed(at, now).unwrap_or_default());
-                (
-                    classify_missing(&t.instance_id, age, settings.not_found_grace),
-                    None,
-                )
-            }
-            Some(Answer::Failed(error)) => (
-                Observation::Unknown {
-                    error: error.clone(),
-                },
-                None,
-            ),
-            None => (
-                Observation::Unknown {
-                    error: "not described".into(),
-                },
-                None,
-            ),
-        };
-        observed.push((t, obs, zone));
-    }
-
+    let sightings: Vec<Sighting> = swept
+        .iter()
+        .map(|t| {
+            sighting(
+                &t.instance_id,
+                t.volume_id.as_deref(),
+                t.launched_at,
+                answers.get(&t.instance_id),
+                settings.not_found_grace,
+                now,
+            )
+        })
+        .collect();
     let before = |t: &Target| {
         previous
             .get(&t.uid)
             .filter(|e| e.instance_id == t.instance_id)
     };
-    let zones: Vec<Option<String>> = observed
+    let zones: Vec<Option<String>> = swept
         .iter()
-        .map(|(t, _, zone)| {
-            zone.clone()
+        .zip(&sightings)
+        .map(|(t, seen)| {
+            seen.zone
+                .clone()
                 .or_else(|| before(t).and_then(|e| e.zone.clone()))
         })
         .collect();
-    let samples: Vec<Sample> = observed
+    let samples: Vec<Sample> = swept
         .iter()
+        .zip(&sightings)
         .zip(&zones)
-        .map(|((t, obs, _), zone)| Sample {
+        .map(|((t, seen), zone)| Sample {
             uid: &t.uid,
+            instance_id: &t.instance_id,
             region: &t.region,
             zone: zone.as_deref(),
-            now: obs,
+            now: &seen.observation,
             before: before(t),
+            absent: seen.absent,
+            known_dead: t.known_dead,
+            retry: t.retry.as_deref(),
         })
         .collect();
-    let (holds, trips) = assess(&samples, &settings.breaker);
+    let sweep = previous.sweep + 1;
+    let assessment = assess(&samples, &previous.deaths, sweep, &settings.breaker);
 
     let mut next = Snapshot {
-        sweep: previous.sweep + 1,
+        sweep,
         finished_at: Some(now),
         entries: HashMap::with_capacity(in_scope.len()),
+        deaths: assessment.deaths,
     };
     // Objects not swept this time keep their last answer.
     for t in in_scope {
@@ -208,30 +273,43 @@ pub fn assemble(
         }
     }
     let mut changed = Vec::new();
-    for (i, (t, obs, _)) in observed.iter().enumerate() {
+    for (i, (t, seen)) in swept.iter().zip(&sightings).enumerate() {
         let before = samples[i].before;
-        let clean = !matches!(obs, Observation::Unknown { .. });
+        let clean = !matches!(seen.observation, Observation::Unknown { .. });
         let last_clean_at = if clean {
-            now
+            seen.asked_at
         } else {
-            before.map(|e| e.last_clean_at).unwrap_or(now)
+            // The persisted clock survives a controller restart.
+            before
+                .map(|e| e.last_clean_at)
+                .or(t.uncertain_since)
+                .unwrap_or(seen.asked_at)
         };
         let unknown_for = elapsed(last_clean_at, now).unwrap_or_default();
+        let hold = assessment.holds.get(&t.uid).copied().unwrap_or(Hold::None);
+        let held_retry = match (hold, before) {
+            (Hold::Suspected { .. }, Some(b)) if matches!(b.hold, Hold::Suspected { .. }) => {
+                b.held_retry.clone()
+            }
+            (Hold::Suspected { .. }, _) => t.retry.clone(),
+            _ => None,
+        };
         let entry = Entry {
             instance_id: t.instance_id.clone(),
-            observation: obs.clone(),
-            observed_at: now,
+            observation: seen.observation.clone(),
+            observed_at: seen.asked_at,
             last_clean_at,
             stale: !clean && unknown_for > settings.stale_after,
             zone: zones[i].clone(),
-            hold: holds.get(&t.uid).copied().unwrap_or(Hold::None),
+            hold,
+            held_retry,
         };
         if before.is_none_or(|old| entry.differs_for_reconciler(old)) {
             changed.push(t.object.clone());
         }
         next.entries.insert(t.uid.clone(), entry);
     }
-    (next, changed, trips)
+    (next, changed, assessment.trips)
 }
 
 /// The sweeper task.
@@ -343,7 +421,7 @@ impl<D: Describer> Sweeper<D> {
             warn!(
                 region = %trip.region,
                 zone = ?trip.zone,
-                not_running = trip.newly_not_running,
+                not_running = trip.not_running,
                 observed = trip.observed,
                 "circuit breaker tripped: holding NotRunning answers as a suspected provider outage"
             );

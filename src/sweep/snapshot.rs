@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use jiff::Timestamp;
 
+use super::breaker::Death;
 use crate::core::Observation;
 
 /// What the circuit breaker says about acting on a NotRunning answer.
@@ -13,8 +14,9 @@ pub enum Hold {
     /// Act on the answer.
     None,
     /// Too many died at once in this region or zone: do not act yet.
-    /// `sweeps` counts consecutive sweeps with the same answer.
-    Suspected { sweeps: u32 },
+    /// `sweeps` counts consecutive sweeps with the same answer; an `absent`
+    /// answer (proven not found, no state listed) waits for `tend.dev/retry`.
+    Suspected { sweeps: u32, absent: bool },
     /// Held long enough and let through in this wave: act.
     Released,
 }
@@ -24,7 +26,7 @@ pub enum Hold {
 pub struct Entry {
     pub instance_id: String,
     pub observation: Observation,
-    /// When this answer was obtained.
+    /// When the call that gave this answer was sent.
     pub observed_at: Timestamp,
     /// The last time any clean (non-Unknown) answer was obtained; starts when
     /// the sweeper first saw the object.
@@ -33,6 +35,9 @@ pub struct Entry {
     pub stale: bool,
     pub zone: Option<String>,
     pub hold: Hold,
+    /// The `tend.dev/retry` annotation when the hold began: a new value
+    /// releases a held absence.
+    pub held_retry: Option<String>,
 }
 
 impl Entry {
@@ -59,6 +64,8 @@ pub struct Snapshot {
     pub sweep: u64,
     pub finished_at: Option<Timestamp>,
     pub entries: HashMap<String, Entry>,
+    /// Recent deaths, for the circuit breaker's window.
+    pub deaths: Vec<Death>,
 }
 
 impl Snapshot {

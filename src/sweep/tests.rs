@@ -20,8 +20,14 @@ struct Scripted {
     poison: Option<String>,
     kind: AwsErrorKind,
     hang: bool,
+    /// Left out of filtered answers although they exist.
+    omit: Vec<String>,
+    /// Not-found errors name only the first unknown id, as moto's do.
+    name_first_only: bool,
     calls: AtomicUsize,
     sizes: Mutex<Vec<usize>>,
+    /// The ids of each describe by id.
+    named: Mutex<Vec<Vec<String>>>,
     called: Notify,
 }
 
@@ -32,8 +38,11 @@ impl Scripted {
             poison: None,
             kind: AwsErrorKind::Transient,
             hang: false,
+            omit: Vec::new(),
+            name_first_only: false,
             calls: AtomicUsize::new(0),
             sizes: Mutex::new(Vec::new()),
+            named: Mutex::new(Vec::new()),
             called: Notify::new(),
         }
     }
@@ -65,9 +74,51 @@ impl Describer for Scripted {
         self.bucket.clone()
     }
 
-    async fn describe(&self, _region: &str, ids: &[String]) -> Result<Vec<Instance>, AwsError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
+    async fn describe(&self, region: &str, ids: &[String]) -> Result<Vec<Instance>, AwsError> {
         self.sizes.lock().unwrap().push(ids.len());
+        let mut listed = self.answer(region, ids).await?;
+        // A listing that leaves out what exists, as a broken proxy or a
+        // wrong endpoint might.
+        listed.retain(|i| {
+            !self
+                .omit
+                .iter()
+                .any(|o| Some(o.as_str()) == i.instance_id())
+        });
+        Ok(listed)
+    }
+
+    async fn describe_named(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> Result<Vec<Instance>, AwsError> {
+        self.named.lock().unwrap().push(ids.to_vec());
+        let listed = self.answer(region, ids).await?;
+        let mut unknown: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| !listed.iter().any(|i| i.instance_id() == Some(*id)))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(listed);
+        }
+        // EC2 names every unknown id; moto only the first.
+        if self.name_first_only {
+            unknown.truncate(1);
+        }
+        Err(AwsError {
+            operation: "DescribeInstances",
+            kind: AwsErrorKind::NotFound,
+            code: Some("InvalidInstanceID.NotFound".into()),
+            message: format!("The instance IDs '{}' do not exist", unknown.join(", ")),
+        })
+    }
+}
+
+impl Scripted {
+    async fn answer(&self, _region: &str, ids: &[String]) -> Result<Vec<Instance>, AwsError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         self.called.notify_one();
         if self.hang {
             std::future::pending::<()>().await;
@@ -106,16 +157,78 @@ fn far() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(60)
 }
 
+fn reply(answers: &HashMap<String, Answer>, id: &str) -> Reply {
+    answers[id].reply.clone()
+}
+
 #[tokio::test]
-async fn one_call_per_batch_when_nothing_errors() {
+async fn one_call_per_batch_and_one_confirmation_of_the_absent() {
     let d = Scripted::new();
     let (answers, stats) = describe_all(&d, &ids(1000), batch(), far()).await;
-    assert_eq!(d.calls.load(Ordering::SeqCst), 5);
-    assert_eq!(stats.ok, 5);
+    // Five filtered batches; the ids each left out are asked about by id once.
+    assert_eq!(d.sizes.lock().unwrap().len(), 5);
+    assert_eq!(d.named.lock().unwrap().len(), 5);
+    assert_eq!(stats.confirmations, 5);
     assert_eq!(answers.len(), 1000);
-    assert!(matches!(answers["i-00002"], Answer::Found(_)));
-    // Absent from a successful answer: missing, not failed.
-    assert!(matches!(answers["i-00003"], Answer::Missing));
+    assert!(matches!(reply(&answers, "i-00002"), Reply::Found(_)));
+    assert!(matches!(reply(&answers, "i-00003"), Reply::NotFound));
+}
+
+#[tokio::test]
+async fn an_omission_that_naming_the_id_contradicts_is_found() {
+    // The filtered answer leaves out an instance that exists: proof of
+    // nothing. Asked by id, it is there.
+    let d = Scripted {
+        omit: vec!["i-00002".into()],
+        ..Scripted::new()
+    };
+    let (answers, _) = describe_all(&d, &ids(4), batch(), far()).await;
+    assert!(matches!(reply(&answers, "i-00002"), Reply::Found(_)));
+    assert!(matches!(reply(&answers, "i-00001"), Reply::NotFound));
+    assert!(matches!(reply(&answers, "i-00003"), Reply::NotFound));
+}
+
+#[tokio::test]
+async fn a_not_found_naming_one_id_at_a_time_is_asked_again_for_the_rest() {
+    let d = Scripted {
+        name_first_only: true,
+        ..Scripted::new()
+    };
+    let (answers, _) = describe_all(&d, &ids(8), batch(), far()).await;
+    let absent = ["i-00001", "i-00003", "i-00005", "i-00007"];
+    for id in absent {
+        assert!(matches!(reply(&answers, id), Reply::NotFound), "{id}");
+    }
+    // Each by-id call drops the one id it was told about.
+    let named = d.named.lock().unwrap().clone();
+    let sizes: Vec<usize> = named.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![4, 3, 2, 1]);
+}
+
+#[tokio::test]
+async fn a_failed_confirmation_is_unknown_not_absent() {
+    // The absent id's confirmation is throttled: no proof either way.
+    let d = Scripted {
+        poison: Some("i-00001".into()),
+        kind: AwsErrorKind::Throttled,
+        omit: vec![],
+        ..Scripted::new()
+    };
+    let mut by_region = HashMap::new();
+    by_region.insert("us-east-1".to_owned(), vec!["i-00001".to_owned()]);
+    let (answers, _) = describe_all(&d, &by_region, batch(), far()).await;
+    assert!(matches!(reply(&answers, "i-00001"), Reply::Failed(_)));
+}
+
+#[tokio::test]
+async fn answers_carry_the_time_their_call_was_sent() {
+    let d = Scripted::new();
+    let before = Timestamp::now();
+    let (answers, _) = describe_all(&d, &ids(4), batch(), far()).await;
+    let after = Timestamp::now();
+    for answer in answers.values() {
+        assert!(before <= answer.asked_at && answer.asked_at <= after);
+    }
 }
 
 #[tokio::test]
@@ -127,17 +240,14 @@ async fn a_failing_batch_is_bisected_until_only_the_bad_id_is_unknown() {
     let (answers, _) = describe_all(&d, &ids(200), batch(), far()).await;
     let failed: Vec<&String> = answers
         .iter()
-        .filter(|(_, a)| matches!(a, Answer::Failed(_)))
+        .filter(|(_, a)| matches!(a.reply, Reply::Failed(_)))
         .map(|(id, _)| id)
         .collect();
     assert_eq!(failed, vec!["i-00136"]);
     assert_eq!(answers.len(), 200);
     // 1 + 2 per halving level: bounded by 2 log2(200) + 1.
-    assert!(
-        d.calls.load(Ordering::SeqCst) <= 17,
-        "{:?}",
-        d.sizes.lock().unwrap()
-    );
+    let filtered = d.sizes.lock().unwrap().clone();
+    assert!(filtered.len() <= 17, "{filtered:?}");
 }
 
 #[tokio::test]
@@ -150,7 +260,11 @@ async fn throttling_is_not_bisected() {
     let (answers, stats) = describe_all(&d, &ids(200), batch(), far()).await;
     assert_eq!(d.calls.load(Ordering::SeqCst), 1);
     assert_eq!(stats.throttled, 1);
-    assert!(answers.values().all(|a| matches!(a, Answer::Failed(_))));
+    assert!(
+        answers
+            .values()
+            .all(|a| matches!(a.reply, Reply::Failed(_)))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -164,7 +278,11 @@ async fn a_hanging_call_times_out_and_the_deadline_bounds_the_sweep() {
     assert!(tokio::time::Instant::now() <= deadline);
     assert!(stats.timed_out >= 1);
     assert_eq!(answers.len(), 400);
-    assert!(answers.values().all(|a| matches!(a, Answer::Failed(_))));
+    assert!(
+        answers
+            .values()
+            .all(|a| matches!(a.reply, Reply::Failed(_)))
+    );
 }
 
 fn workspace(name: &str, phase: &str, runtime: &str, deleting: bool) -> Workspace {
@@ -235,6 +353,7 @@ fn least_recently_observed_go_first_and_the_cap_holds() {
                     stale: false,
                     zone: None,
                     hold: Hold::None,
+                    held_retry: None,
                 },
             );
         }
@@ -325,7 +444,13 @@ async fn cancelling_stops_a_sweep_in_progress() {
 fn unknown_answers_turn_stale_only_after_stale_after() {
     let t = target(&workspace("w", "Online", "ec2", false), "us-east-1").unwrap();
     let now = Timestamp::from_second(100_000).unwrap();
-    let failed = HashMap::from([(t.instance_id.clone(), Answer::Failed("throttled".into()))]);
+    let failed = HashMap::from([(
+        t.instance_id.clone(),
+        Answer {
+            asked_at: now,
+            reply: Reply::Failed("throttled".into()),
+        },
+    )]);
     let stale_after = settings().stale_after.as_secs() as i64;
     for (clean_ago, stale) in [(stale_after - 1, false), (stale_after + 1, true)] {
         let mut previous = Snapshot::default();
@@ -339,6 +464,7 @@ fn unknown_answers_turn_stale_only_after_stale_after() {
                 stale: false,
                 zone: None,
                 hold: Hold::None,
+                held_retry: None,
             },
         );
         let targets = vec![t.clone()];

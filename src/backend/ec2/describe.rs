@@ -1,35 +1,6 @@
-//! Reading instances and volumes: one look, a batch, by tag.
+//! Reading instances and volumes: in batches, by id, by tag.
 
 use super::*;
-
-impl Ec2Backend {
-    /// One authoritative look at the recorded instance.
-    pub async fn observe(
-        &self,
-        spec: &Ec2Spec,
-        status: &WorkspaceStatus,
-        now: Timestamp,
-    ) -> Observation {
-        let Some(id) = status.instance_id.as_deref() else {
-            return Observation::Pending {
-                detail: "no instance launched yet".into(),
-            };
-        };
-        match describe_instance(&self.client(spec, status), id).await {
-            Ok(Some(instance)) => classify_instance(&instance, status.volume_id.as_deref()),
-            Ok(None) => {
-                let launched_ago = status
-                    .launched_at
-                    .as_ref()
-                    .map(|t| elapsed(t.0, now).unwrap_or_default());
-                classify_missing(id, launched_ago, self.settings.not_found_grace)
-            }
-            Err(e) => Observation::Unknown {
-                error: e.to_string(),
-            },
-        }
-    }
-}
 
 impl Ec2Backend {
     /// Describes a batch of instances with the `instance-id` filter, following
@@ -85,6 +56,37 @@ impl Ec2Backend {
             "DescribeInstances",
             "more pages than ids",
         ))
+    }
+
+    /// Describes instances by naming them (`InstanceIds`), to prove absence:
+    /// if any id is unknown the whole call fails with
+    /// `InvalidInstanceID.NotFound`, naming the unknown ids. One page, since
+    /// paging cannot be combined with `InstanceIds`. The caller holds the
+    /// token.
+    pub async fn describe_by_ids(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> Result<Vec<Instance>, AwsError> {
+        let client = self.region(region);
+        let out = client
+            .call_with_token(
+                Family::Read,
+                "DescribeInstances",
+                client
+                    .describe_instances()
+                    .set_instance_ids(Some(ids.to_vec()))
+                    .customize()
+                    .config_override(single_attempt())
+                    .send(),
+            )
+            .await?;
+        Ok(out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .cloned()
+            .collect())
     }
 }
 

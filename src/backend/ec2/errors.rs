@@ -99,6 +99,25 @@ impl AwsError {
     }
 }
 
+/// The instance ids an `InvalidInstanceID.NotFound` error names, or `None`
+/// for any other error. EC2 names every unknown id of the call ("The instance
+/// IDs 'i-1, i-2' do not exist"); moto names only the first.
+pub fn not_found_ids(error: &AwsError) -> Option<Vec<String>> {
+    if error.code.as_deref() != Some("InvalidInstanceID.NotFound") {
+        return None;
+    }
+    let ids = error
+        .message
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|word| {
+            word.strip_prefix("i-")
+                .is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()))
+        })
+        .map(str::to_owned)
+        .collect();
+    Some(ids)
+}
+
 /// Whether a client-side failure is about credentials: none configured (no
 /// identity resolver), or the provider chain could not load any.
 fn mentions_missing_credentials(message: &str) -> bool {
@@ -178,6 +197,42 @@ mod tests {
         assert!(!mentions_missing_credentials(
             "io error: connection reset by peer"
         ));
+    }
+
+    fn not_found(message: &str) -> AwsError {
+        AwsError {
+            operation: "DescribeInstances",
+            kind: AwsErrorKind::NotFound,
+            code: Some("InvalidInstanceID.NotFound".into()),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn not_found_errors_name_their_ids() {
+        assert_eq!(
+            not_found_ids(&not_found(
+                "The instance IDs 'i-0123456789abcdef0, i-0fedcba9876543210' do not exist"
+            )),
+            Some(vec![
+                "i-0123456789abcdef0".to_owned(),
+                "i-0fedcba9876543210".to_owned()
+            ])
+        );
+        assert_eq!(
+            not_found_ids(&not_found("The instance ID 'i-1a2b3c4d' does not exist")),
+            Some(vec!["i-1a2b3c4d".to_owned()])
+        );
+        // Not an instance id, and not a not-found error at all.
+        assert_eq!(
+            not_found_ids(&not_found("The instance ID 'i-xyz' does not exist")),
+            Some(vec![])
+        );
+        let throttled = AwsError {
+            code: Some("RequestLimitExceeded".into()),
+            ..not_found("The instance ID 'i-1a2b3c4d' does not exist")
+        };
+        assert_eq!(not_found_ids(&throttled), None);
     }
 
     #[test]

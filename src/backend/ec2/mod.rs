@@ -26,13 +26,13 @@ use aws_sdk_ec2::types::{
 };
 use jiff::Timestamp;
 
-pub use errors::{AwsError, AwsErrorKind, kind_of_code};
+pub use errors::{AwsError, AwsErrorKind, kind_of_code, not_found_ids};
 pub use limits::{Family, Limits, Rate, TokenBucket};
 pub use ownership::{Owner, TAG_CLUSTER, TAG_LAUNCH, TAG_NAME, TAG_NAMESPACE, TAG_UID};
 pub use state::{classify_instance, classify_missing};
 
 use crate::api::{Ec2Spec, ReclaimPolicy, SpotInterruptionBehavior, WorkspaceStatus};
-use crate::core::{Observation, elapsed};
+use crate::core::Observation;
 
 /// Where a launch or teardown stands after one step.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,6 +9,7 @@ fn settings() -> BreakerSettings {
         min_fleet: 10,
         hold_sweeps: 3,
         max_restarts_per_sweep: 2,
+        window_sweeps: 5,
     }
 }
 
@@ -16,7 +17,11 @@ fn dead() -> Observation {
     Observation::not_running(Halt::Gone, "SpotInterrupted", "terminated")
 }
 
-fn entry(obs: Observation, hold: Hold) -> Entry {
+fn vanished() -> Observation {
+    Observation::not_running(Halt::Gone, "InstanceNotFound", "i-1 no longer exists")
+}
+
+fn entry(obs: Observation, hold: Hold, held_retry: Option<String>) -> Entry {
     Entry {
         instance_id: "i-1".into(),
         observation: obs,
@@ -25,14 +30,20 @@ fn entry(obs: Observation, hold: Hold) -> Entry {
         stale: false,
         zone: Some("us-east-1a".into()),
         hold,
+        held_retry,
     }
 }
 
 struct Fleet {
     uids: Vec<String>,
     now: Vec<Observation>,
+    absent: Vec<bool>,
+    known_dead: Vec<bool>,
+    retry: Vec<Option<String>>,
     before: Vec<Option<Entry>>,
     zones: Vec<&'static str>,
+    deaths: Vec<Death>,
+    sweep: u64,
 }
 
 impl Fleet {
@@ -49,8 +60,11 @@ impl Fleet {
                     }
                 })
                 .collect(),
+            absent: vec![false; n],
+            known_dead: vec![false; n],
+            retry: vec![None; n],
             before: (0..n)
-                .map(|_| Some(entry(Observation::Running, Hold::None)))
+                .map(|_| Some(entry(Observation::Running, Hold::None, None)))
                 .collect(),
             zones: (0..n)
                 .map(|i| {
@@ -61,6 +75,8 @@ impl Fleet {
                     }
                 })
                 .collect(),
+            deaths: Vec::new(),
+            sweep: 0,
         }
     }
 
@@ -68,52 +84,71 @@ impl Fleet {
         (0..self.uids.len())
             .map(|i| Sample {
                 uid: &self.uids[i],
+                instance_id: "i-1",
                 region: "us-east-1",
                 zone: Some(self.zones[i]),
                 now: &self.now[i],
                 before: self.before[i].as_ref(),
+                absent: self.absent[i],
+                known_dead: self.known_dead[i],
+                retry: self.retry[i].as_deref(),
             })
             .collect()
     }
 
-    /// Feeds this sweep's holds back as the next sweep's "before".
-    fn carry(&mut self, holds: &HashMap<String, Hold>) {
+    /// One sweep: assesses, then feeds the holds back as the next sweep's
+    /// "before", as the snapshot does.
+    fn sweep(&mut self) -> (HashMap<String, Hold>, Vec<Trip>) {
+        self.sweep += 1;
+        let a = assess(&self.samples(), &self.deaths, self.sweep, &settings());
         for i in 0..self.uids.len() {
-            self.before[i] = Some(entry(self.now[i].clone(), holds[&self.uids[i]]));
+            let hold = a.holds[&self.uids[i]];
+            let held_retry = match (hold, &self.before[i]) {
+                (Hold::Suspected { .. }, Some(b)) if matches!(b.hold, Hold::Suspected { .. }) => {
+                    b.held_retry.clone()
+                }
+                (Hold::Suspected { .. }, _) => self.retry[i].clone(),
+                _ => None,
+            };
+            self.before[i] = Some(entry(self.now[i].clone(), hold, held_retry));
         }
+        self.deaths = a.deaths;
+        (a.holds, a.trips)
     }
+}
+
+fn count(holds: &HashMap<String, Hold>, wanted: impl Fn(&Hold) -> bool) -> usize {
+    holds.values().filter(|h| wanted(h)).count()
 }
 
 #[test]
 fn a_few_deaths_pass_straight_through() {
-    let fleet = Fleet::new(20, 2);
-    let (holds, trips) = assess(&fleet.samples(), &settings());
+    let (holds, trips) = Fleet::new(20, 2).sweep();
     assert!(trips.is_empty());
     assert!(holds.values().all(|h| *h == Hold::None));
 }
 
 #[test]
 fn half_the_fleet_dying_at_once_is_held() {
-    let fleet = Fleet::new(20, 10);
-    let (holds, trips) = assess(&fleet.samples(), &settings());
+    let (holds, trips) = Fleet::new(20, 10).sweep();
     assert!(
         trips
             .iter()
-            .any(|t| t.zone.is_none() && t.newly_not_running == 10)
+            .any(|t| t.zone.is_none() && t.not_running == 10)
     );
     assert_eq!(
-        holds
-            .values()
-            .filter(|h| **h == Hold::Suspected { sweeps: 1 })
-            .count(),
+        count(&holds, |h| *h
+            == Hold::Suspected {
+                sweeps: 1,
+                absent: false
+            }),
         10
     );
 }
 
 #[test]
 fn small_fleets_never_trip() {
-    let fleet = Fleet::new(9, 9);
-    let (holds, trips) = assess(&fleet.samples(), &settings());
+    let (holds, trips) = Fleet::new(9, 9).sweep();
     assert!(trips.is_empty());
     assert!(holds.values().all(|h| *h == Hold::None));
 }
@@ -129,16 +164,10 @@ fn one_zone_can_trip_alone() {
             killed += 1;
         }
     }
-    let (holds, trips) = assess(&fleet.samples(), &settings());
+    let (holds, trips) = fleet.sweep();
     assert_eq!(trips.len(), 1, "{trips:?}");
     assert_eq!(trips[0].zone.as_deref(), Some("us-east-1a"));
-    assert_eq!(
-        holds
-            .values()
-            .filter(|h| matches!(h, Hold::Suspected { .. }))
-            .count(),
-        6
-    );
+    assert_eq!(count(&holds, |h| matches!(h, Hold::Suspected { .. })), 6);
 }
 
 #[test]
@@ -146,9 +175,8 @@ fn persistent_answers_are_released_in_waves_after_the_hold() {
     let mut fleet = Fleet::new(20, 5);
     let mut released_per_sweep = Vec::new();
     for _ in 0..6 {
-        let (holds, _) = assess(&fleet.samples(), &settings());
-        released_per_sweep.push(holds.values().filter(|h| **h == Hold::Released).count());
-        fleet.carry(&holds);
+        let (holds, _) = fleet.sweep();
+        released_per_sweep.push(count(&holds, |h| *h == Hold::Released));
     }
     // Held for sweeps 1 and 2; from sweep 3 on, at most 2 more per sweep.
     assert_eq!(released_per_sweep, vec![0, 0, 2, 4, 5, 5]);
@@ -157,12 +185,119 @@ fn persistent_answers_are_released_in_waves_after_the_hold() {
 #[test]
 fn answers_that_recover_during_the_hold_are_dropped() {
     let mut fleet = Fleet::new(20, 10);
-    let (holds, _) = assess(&fleet.samples(), &settings());
-    fleet.carry(&holds);
+    fleet.sweep();
     for i in 0..10 {
         fleet.now[i] = Observation::Running;
     }
-    let (holds, trips) = assess(&fleet.samples(), &settings());
+    let (holds, trips) = fleet.sweep();
     assert!(trips.is_empty());
+    assert!(holds.values().all(|h| *h == Hold::None));
+}
+
+#[test]
+fn deaths_spread_over_several_sweeps_still_trip() {
+    // 20 Workspaces; 2 more die in each sweep: never more than 20% in one
+    // sweep, but the third sweep brings the window to 6 of 20.
+    let mut fleet = Fleet::new(20, 0);
+    let mut held_per_sweep = Vec::new();
+    for sweep in 0..3 {
+        fleet.now[2 * sweep] = dead();
+        fleet.now[2 * sweep + 1] = dead();
+        let (holds, _) = fleet.sweep();
+        held_per_sweep.push(count(&holds, |h| matches!(h, Hold::Suspected { .. })));
+    }
+    assert_eq!(held_per_sweep, vec![0, 0, 2]);
+}
+
+#[test]
+fn a_replacement_that_runs_does_not_undo_the_death_it_replaced() {
+    // Two die and are replaced (new instances, running) before two more die:
+    // the window still holds all four of 20... and one more makes five.
+    let mut fleet = Fleet::new(20, 0);
+    fleet.now[0] = dead();
+    fleet.now[1] = dead();
+    fleet.now[2] = dead();
+    fleet.sweep();
+    let mut replaced = Fleet::new(20, 0);
+    replaced.deaths = fleet.deaths.clone();
+    replaced.sweep = fleet.sweep;
+    for i in 0..3 {
+        replaced.before[i] = None;
+    }
+    let ids: Vec<String> = (0..20).map(|i| format!("i-new{i}")).collect();
+    replaced.now[3] = dead();
+    replaced.now[4] = dead();
+    replaced.sweep += 1;
+    let samples: Vec<Sample> = replaced
+        .samples()
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| Sample {
+            instance_id: if i < 3 { &ids[i] } else { s.instance_id },
+            ..s
+        })
+        .collect();
+    let a = assess(&samples, &replaced.deaths, replaced.sweep, &settings());
+    assert!(!a.trips.is_empty(), "3 earlier deaths + 2 now = 5 of 20");
+}
+
+#[test]
+fn deaths_older_than_the_window_no_longer_count() {
+    let mut fleet = Fleet::new(20, 0);
+    fleet.now[0] = dead();
+    fleet.now[1] = dead();
+    fleet.now[2] = dead();
+    fleet.sweep();
+    // Five quiet sweeps later the first three are out of the window.
+    for _ in 0..5 {
+        fleet.sweep();
+    }
+    fleet.now[3] = dead();
+    fleet.now[4] = dead();
+    let (holds, trips) = fleet.sweep();
+    assert!(trips.is_empty(), "{trips:?}");
+    assert_eq!(count(&holds, |h| matches!(h, Hold::Suspected { .. })), 0);
+}
+
+#[test]
+fn a_mass_absence_waits_for_a_retry_annotation() {
+    let mut fleet = Fleet::new(20, 0);
+    for i in 0..10 {
+        fleet.now[i] = vanished();
+        fleet.absent[i] = true;
+    }
+    for _ in 0..8 {
+        let (holds, _) = fleet.sweep();
+        assert_eq!(
+            count(&holds, |h| matches!(
+                h,
+                Hold::Suspected { absent: true, .. }
+            )),
+            10,
+            "never believed on its own"
+        );
+    }
+    // A human sets tend.dev/retry on three of them.
+    for i in 0..3 {
+        fleet.retry[i] = Some("1".into());
+    }
+    let (holds, _) = fleet.sweep();
+    assert_eq!(count(&holds, |h| *h == Hold::Released), 2, "in waves");
+    let (holds, _) = fleet.sweep();
+    assert_eq!(count(&holds, |h| *h == Hold::Released), 3);
+    assert_eq!(count(&holds, |h| matches!(h, Hold::Suspected { .. })), 7);
+}
+
+#[test]
+fn workspaces_already_offline_are_no_new_deaths_after_a_restart() {
+    // A controller restart: nothing from before, but status already says
+    // half the fleet is Offline.
+    let mut fleet = Fleet::new(20, 10);
+    for i in 0..20 {
+        fleet.before[i] = None;
+        fleet.known_dead[i] = i < 10;
+    }
+    let (holds, trips) = fleet.sweep();
+    assert!(trips.is_empty(), "{trips:?}");
     assert!(holds.values().all(|h| *h == Hold::None));
 }
