@@ -9,53 +9,10 @@ use std::time::Duration;
 use aws_sdk_ec2::types::VolumeState;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
+use support::checks::{annotate, condition, has_condition, instance_of, online, wait_online_after};
 use support::faults::FaultRule;
 use support::rig::Rig;
-use tend::api::{Phase, Workspace};
-
-fn condition(ws: &Workspace, type_: &str) -> Option<(String, String, String)> {
-    ws.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-fn has_condition(ws: &Workspace, type_: &str, status: &str, reason: &str) -> bool {
-    condition(ws, type_).is_some_and(|(s, r, _)| s == status && r == reason)
-}
-
-fn instance_of(ws: &Workspace) -> String {
-    ws.status.as_ref().unwrap().instance_id.clone().unwrap()
-}
-
-async fn online(rig: &Rig, name: &str) -> Workspace {
-    rig.create(&rig.ec2_workspace(name)).await;
-    rig.wait_phase(name, Phase::Online).await
-}
-
-/// Waits until `name` is Online again after `restarts` restarts.
-async fn wait_online_after(rig: &Rig, name: &str, restarts: u32) -> Workspace {
-    let what = format!("{name} online after {restarts} restart(s)");
-    rig.wait_ws(name, &what, |w| {
-        w.status
-            .as_ref()
-            .is_some_and(|s| s.phase == Some(Phase::Online) && s.restarts == restarts)
-    })
-    .await
-}
-
-async fn annotate(rig: &Rig, name: &str, key: &str, value: &str) {
-    rig.workspaces()
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "annotations": { key: value } } })),
-        )
-        .await
-        .unwrap();
-}
+use tend::api::Phase;
 
 #[tokio::test]
 async fn dead_instance_goes_offline_and_is_restarted_on_the_same_volume() {
@@ -143,10 +100,23 @@ async fn faulty_describes_leave_it_online(fault: FaultRule) {
             .last_transition_time
             .0
     };
-    // Staleness follows the first Unknown, never precedes it. (How long after
-    // is a timing matter: the first Unknown above was seen with Ready still
-    // True, and the threshold itself is unit-tested in the sweep's assemble.)
+    // Staleness follows the first Unknown, and only once --stale-after (2s)
+    // has passed since the last clean answer, on the clock status records.
     assert!(since("Ready") >= since("BackendRunning"));
+    let clean_until = stale
+        .status
+        .as_ref()
+        .unwrap()
+        .uncertain_since
+        .clone()
+        .unwrap()
+        .0;
+    assert!(clean_until <= since("BackendRunning"));
+    assert!(
+        since("Ready") >= clean_until + jiff::SignedDuration::from_secs(2),
+        "stale at {} after a clean answer at {clean_until}",
+        since("Ready")
+    );
     assert_eq!(
         rig.proxy.calls("TerminateInstances") + rig.proxy.calls("RunInstances"),
         1
@@ -359,7 +329,7 @@ async fn crash_loop_fails_and_retry_annotation_starts_over() {
 async fn circuit_breaker_holds_a_mass_death_then_heals_in_waves() {
     let mut rig = Rig::new().await;
     rig.args.max_restarts_per_sweep = 2;
-    // Long enough that the three-sweep hold can be watched.
+    // Long enough that every sweep of the hold can be watched.
     rig.args.sweep_interval = Duration::from_secs(1);
     rig.start_controller().await;
     let mut fleet = Vec::new();
@@ -369,8 +339,15 @@ async fn circuit_breaker_holds_a_mass_death_then_heals_in_waves() {
     for i in 0..10 {
         fleet.push(rig.wait_phase(&format!("ws{i}"), Phase::Online).await);
     }
+    let instances: usize = {
+        let mut n = 0;
+        for ws in &fleet {
+            n += rig.instances_of(ws).await.len();
+        }
+        n
+    };
+    assert_eq!(instances, 10);
     let launches = rig.proxy.calls("RunInstances");
-    assert_eq!(launches, 10);
     // Half the fleet dies at once (one call, so no sweep sees only part of
     // it): far above --max-offline-fraction 0.2.
     rig.moto
@@ -382,29 +359,38 @@ async fn circuit_breaker_holds_a_mass_death_then_heals_in_waves() {
         .unwrap();
     for i in 0..5 {
         let name = format!("ws{i}");
-        let held = rig
-            .wait_ws(&name, "SuspectedProviderOutage", |w| {
-                has_condition(w, "Ready", "Unknown", "SuspectedProviderOutage")
-            })
-            .await;
-        assert_eq!(
-            held.status.unwrap().phase,
-            Some(Phase::Online),
-            "held, not acted on"
-        );
+        rig.wait_ws(&name, "SuspectedProviderOutage", |w| {
+            has_condition(w, "Ready", "Unknown", "SuspectedProviderOutage")
+        })
+        .await;
         rig.wait_event(&name, "SuspectedProviderOutage").await;
     }
-    assert_eq!(
-        rig.proxy.calls("RunInstances"),
-        launches,
-        "no restart during the hold"
-    );
+    // The first sweep that saw the deaths held them; so does the next one.
+    // After each, all five are still Online and nothing was launched.
+    let held_from = rig.sweeps();
+    for sweep in [held_from, held_from + 1] {
+        rig.wait_sweeps(sweep).await;
+        for i in 0..5 {
+            let ws = rig.get(&format!("ws{i}")).unwrap();
+            assert_eq!(
+                ws.status.as_ref().unwrap().phase,
+                Some(Phase::Online),
+                "ws{i} held after sweep {sweep}"
+            );
+        }
+        assert_eq!(
+            rig.proxy.calls("RunInstances"),
+            launches,
+            "no restart during the hold"
+        );
+    }
 
     for i in 0..5 {
         wait_online_after(&rig, &format!("ws{i}"), 1).await;
     }
-    // Waves of at most 2: the five went Offline over at least three sweeps.
-    let offline_sweeps: std::collections::BTreeSet<String> = (0..5)
+    // Waves of at most 2 per sweep: the restarts fall into groups one sweep
+    // (a second) apart, none bigger than 2.
+    let mut restarted: Vec<jiff::Timestamp> = (0..5)
         .map(|i| {
             rig.get(&format!("ws{i}"))
                 .unwrap()
@@ -414,10 +400,22 @@ async fn circuit_breaker_holds_a_mass_death_then_heals_in_waves() {
                 .unwrap()
                 .at
                 .0
-                .to_string()
         })
         .collect();
-    assert!(offline_sweeps.len() >= 2, "{offline_sweeps:?}");
+    restarted.sort();
+    let mut waves = vec![1];
+    for pair in restarted.windows(2) {
+        if pair[1].duration_since(pair[0]) > jiff::SignedDuration::from_millis(500) {
+            waves.push(1);
+        } else {
+            *waves.last_mut().unwrap() += 1;
+        }
+    }
+    assert!(
+        waves.iter().all(|w| *w <= 2),
+        "{waves:?} from {restarted:?}"
+    );
+    assert!(waves.len() >= 3, "{waves:?} from {restarted:?}");
     for i in 5..10 {
         assert_eq!(
             rig.get(&format!("ws{i}")).unwrap().status.unwrap().restarts,
@@ -468,9 +466,16 @@ async fn refresh_annotation_forces_an_immediate_look() {
     assert_eq!(rig.phase("dev"), Some(Phase::Online));
 
     annotate(&rig, "dev", "tend.dev/refresh", "now").await;
-    rig.wait_event("dev", "InstanceTerminated").await;
+    // The look it asked for: answered, and remembered in status.
+    rig.wait_ws("dev", "the refresh answered", |w| {
+        w.status
+            .as_ref()
+            .is_some_and(|s| s.handled_refresh.as_deref() == Some("now"))
+    })
+    .await;
     assert!(
         mentioning(&rig) > looks,
         "the refresh made an uncached look"
     );
+    rig.wait_event("dev", "InstanceTerminated").await;
 }

@@ -2,6 +2,7 @@
 //! real HTTP, moto behind a fault-injecting proxy, and the real controller.
 #![allow(dead_code)]
 
+pub mod checks;
 pub mod fake_kube;
 pub mod faults;
 pub mod moto;
