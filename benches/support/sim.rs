@@ -21,6 +21,7 @@ use tend::backend::ec2::{AwsError, AwsErrorKind, TokenBucket};
 use tend::config::RunArgs;
 use tend::sweep::{
     Answer, Describer, Reply, Snapshot, SweepSettings, Target, assemble, describe_all, fair_order,
+    ids_to_describe,
 };
 use tokio::time::Instant;
 
@@ -64,6 +65,11 @@ fn fate(index: usize) -> Fate {
         1 => Fate::Gone,
         _ => Fate::Running,
     }
+}
+
+/// How many of the first `n` instances the simulation has gone for good.
+pub fn gone(n: usize) -> usize {
+    (0..n).filter(|i| fate(*i) == Fate::Gone).count()
 }
 
 pub fn instance_id(index: usize) -> String {
@@ -349,6 +355,10 @@ pub struct CaseResult {
     pub case: Case,
     /// Describe calls that reached the simulated EC2 in the first sweep.
     pub calls: usize,
+    /// Of those, describes by id proving that left-out ids are gone.
+    pub confirmations: usize,
+    /// Describe calls in the second sweep, once gone instances are settled.
+    pub steady_calls: Option<usize>,
     pub ok: usize,
     pub throttled: usize,
     pub failed: usize,
@@ -516,6 +526,9 @@ pub fn run_case(case: Case) -> CaseResult {
             .collect();
         let mut previous = first;
         let mut last_start = started;
+        // The calls of the second sweep, once the first has settled which
+        // instances are gone.
+        let mut steady_calls = None;
         drop(answers);
         for _ in 1..case.sweeps {
             tokio::time::sleep_until(last_start + settings.interval).await;
@@ -523,8 +536,15 @@ pub fn run_case(case: Case) -> CaseResult {
             let mut swept = in_scope.clone();
             fair_order(&mut swept, &previous, usize::MAX);
             let deadline = last_start + settings.interval.max(settings.batch.probe_timeout);
-            let (answers, _) =
-                describe_all(&sim, &ids_by_region(&swept), settings.batch, deadline).await;
+            let calls_before = sim.calls.load(Ordering::Relaxed);
+            let (answers, _) = describe_all(
+                &sim,
+                &ids_to_describe(&swept, &previous),
+                settings.batch,
+                deadline,
+            )
+            .await;
+            steady_calls.get_or_insert(sim.calls.load(Ordering::Relaxed) - calls_before);
             ever.extend(
                 answers
                     .iter()
@@ -538,6 +558,8 @@ pub fn run_case(case: Case) -> CaseResult {
         CaseResult {
             case: case.clone(),
             calls,
+            steady_calls,
+            confirmations: stats.confirmations,
             ok: stats.ok,
             throttled: stats.throttled,
             failed: stats.failed,

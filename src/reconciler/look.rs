@@ -185,3 +185,194 @@ pub(super) fn uncertainty(
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_000_000 + secs).unwrap()
+    }
+
+    fn entry(observed: i64) -> Entry {
+        Entry {
+            instance_id: "i-1".into(),
+            observation: Observation::Running,
+            observed_at: at(observed),
+            last_clean_at: at(observed),
+            stale: false,
+            zone: None,
+            absent: false,
+            hold: Hold::None,
+            held_retry: None,
+        }
+    }
+
+    fn online() -> WorkspaceStatus {
+        WorkspaceStatus {
+            phase: Some(Phase::Online),
+            instance_id: Some("i-1".into()),
+            ..Default::default()
+        }
+    }
+
+    const INTERVAL: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_fresh_sweep_answer_about_a_settled_workspace_is_trusted() {
+        assert!(trust_snapshot(
+            &entry(0),
+            &online(),
+            false,
+            at(30),
+            INTERVAL
+        ));
+        // Too old, asked for a refresh, another instance, not settled.
+        assert!(!trust_snapshot(
+            &entry(0),
+            &online(),
+            false,
+            at(121),
+            INTERVAL
+        ));
+        assert!(!trust_snapshot(
+            &entry(0),
+            &online(),
+            true,
+            at(30),
+            INTERVAL
+        ));
+        let replaced = WorkspaceStatus {
+            instance_id: Some("i-2".into()),
+            ..online()
+        };
+        assert!(!trust_snapshot(
+            &entry(0),
+            &replaced,
+            false,
+            at(30),
+            INTERVAL
+        ));
+        let restarting = WorkspaceStatus {
+            phase: Some(Phase::Restarting),
+            ..online()
+        };
+        assert!(!trust_snapshot(
+            &entry(0),
+            &restarting,
+            false,
+            at(30),
+            INTERVAL
+        ));
+    }
+
+    #[test]
+    fn an_answer_asked_before_a_restart_or_a_newer_answer_never_acts() {
+        let restarted_after = WorkspaceStatus {
+            last_restart: Some(api::RestartRecord {
+                at: Time(at(10)),
+                reason: "InstanceStopped".into(),
+            }),
+            ..online()
+        };
+        assert!(!trust_snapshot(
+            &entry(5),
+            &restarted_after,
+            false,
+            at(30),
+            INTERVAL
+        ));
+        assert!(trust_snapshot(
+            &entry(15),
+            &restarted_after,
+            false,
+            at(30),
+            INTERVAL
+        ));
+        let answered_after = WorkspaceStatus {
+            observation: Some(api::ObservationRecord {
+                state: "Running".into(),
+                reason: None,
+                observed_at: Time(at(10)),
+                source: "ec2:DescribeInstances".into(),
+            }),
+            ..online()
+        };
+        assert!(!trust_snapshot(
+            &entry(5),
+            &answered_after,
+            false,
+            at(30),
+            INTERVAL
+        ));
+    }
+
+    fn look(observation: Observation, hold: Hold) -> Look {
+        Look {
+            observation,
+            asked_at: at(100),
+            last_clean_at: None,
+            hold,
+            await_sweep: false,
+            refresh_handled: None,
+        }
+    }
+
+    fn unknown() -> Observation {
+        Observation::Unknown {
+            error: "throttled".into(),
+        }
+    }
+
+    #[test]
+    fn the_staleness_clock_starts_at_the_last_clean_answer_and_a_clean_answer_clears_it() {
+        let mut first = look(unknown(), Hold::None);
+        first.last_clean_at = Some(at(40));
+        assert_eq!(uncertain_since(&first, &online()), Some(at(40)));
+        // Without the sweep's memory: the time of this look.
+        assert_eq!(
+            uncertain_since(&look(unknown(), Hold::None), &online()),
+            Some(at(100))
+        );
+        let running_since = WorkspaceStatus {
+            uncertain_since: Some(Time(at(7))),
+            ..online()
+        };
+        // Further Unknowns keep the persisted clock, whatever they say.
+        assert_eq!(uncertain_since(&first, &running_since), Some(at(7)));
+        let clean = look(Observation::Running, Hold::None);
+        assert_eq!(uncertain_since(&clean, &running_since), None);
+    }
+
+    #[test]
+    fn stale_and_suspected_stay_through_further_unknowns() {
+        let stale = uncertainty(Some(&look(unknown(), Hold::None)), &online(), true).unwrap();
+        assert_eq!(stale.reason, "ObservationStale");
+        assert!(uncertainty(Some(&look(unknown(), Hold::None)), &online(), false).is_none());
+        let held = Hold::Suspected {
+            sweeps: 1,
+            absent: false,
+        };
+        let dead = Observation::not_running(crate::core::Halt::Gone, "SpotInterrupted", "gone");
+        let outage = uncertainty(Some(&look(dead, held)), &online(), false).unwrap();
+        assert_eq!(outage.reason, "SuspectedProviderOutage");
+        // An Unknown during the hold is no news: the outage stays.
+        let after = uncertainty(Some(&look(unknown(), held)), &online(), false).unwrap();
+        assert_eq!(after.reason, "SuspectedProviderOutage");
+    }
+
+    #[test]
+    fn a_held_absence_says_how_to_act_on_it() {
+        let held = Hold::Suspected {
+            sweeps: 4,
+            absent: true,
+        };
+        let gone = Observation::not_running(crate::core::Halt::Gone, "InstanceNotFound", "gone");
+        let problem = uncertainty(Some(&look(gone, held)), &online(), false).unwrap();
+        assert!(
+            problem.message.contains(RETRY_ANNOTATION),
+            "{}",
+            problem.message
+        );
+    }
+}

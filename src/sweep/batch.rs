@@ -146,13 +146,39 @@ pub async fn describe_all<D: Describer>(
         })
         .collect();
     let started = Timestamp::now();
+    let batch_size = settings.batch_size.max(1);
     let mut answers = HashMap::new();
     let mut stats = CallStats::default();
     let mut in_flight = FuturesUnordered::new();
+    // Ids that filtered describes left out, per region, waiting to be asked
+    // about by id in batches of their own once that region's filtered
+    // describes are done.
+    let mut unconfirmed: HashMap<String, Vec<String>> = HashMap::new();
+    let mut filters_in_flight: HashMap<String, usize> = HashMap::new();
     loop {
+        unconfirmed.retain(|region, ids| {
+            let filtering = filters_in_flight.get(region).is_some_and(|n| *n > 0)
+                || pending
+                    .iter()
+                    .any(|j| j.ask == Ask::Filter && j.region == *region);
+            if filtering && ids.len() < batch_size {
+                return true;
+            }
+            for chunk in ids.chunks(batch_size) {
+                pending.push_back(Job {
+                    region: region.clone(),
+                    ids: chunk.to_vec(),
+                    ask: Ask::ById,
+                });
+            }
+            false
+        });
         while in_flight.len() < settings.max_in_flight.max(1)
             && let Some(job) = pending.pop_front()
         {
+            if job.ask == Ask::Filter {
+                *filters_in_flight.entry(job.region.clone()).or_default() += 1;
+            }
             in_flight.push(async move {
                 let waited = describer.read_bucket(&job.region).acquire().await;
                 let asked_at = Timestamp::now();
@@ -183,8 +209,13 @@ pub async fn describe_all<D: Describer>(
         };
         let (job, asked_at, waited, result) = next;
         stats.limiter_wait += waited;
-        if job.ask == Ask::ById {
-            stats.confirmations += 1;
+        match job.ask {
+            Ask::ById => stats.confirmations += 1,
+            Ask::Filter => {
+                if let Some(n) = filters_in_flight.get_mut(&job.region) {
+                    *n -= 1;
+                }
+            }
         }
         match result {
             Ok(Ok(instances)) => {
@@ -204,11 +235,7 @@ pub async fn describe_all<D: Describer>(
                 }
                 match job.ask {
                     // An omission proves nothing: ask about those ids by name.
-                    Ask::Filter if !left_out.is_empty() => pending.push_back(Job {
-                        region: job.region,
-                        ids: left_out,
-                        ask: Ask::ById,
-                    }),
+                    Ask::Filter => unconfirmed.entry(job.region).or_default().extend(left_out),
                     _ => fail(
                         &mut answers,
                         &left_out,

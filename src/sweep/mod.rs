@@ -192,6 +192,29 @@ pub fn fair_order(targets: &mut Vec<Target>, previous: &Snapshot, max: usize) {
     targets.truncate(max);
 }
 
+/// The ids to describe, by region. An instance EC2 already named as not
+/// found is not asked about again: instance ids are never reused, so its
+/// absence is settled, and `assemble` carries that answer forward.
+pub fn ids_to_describe(swept: &[Target], previous: &Snapshot) -> HashMap<String, Vec<String>> {
+    let mut by_region: HashMap<String, Vec<String>> = HashMap::new();
+    for t in swept {
+        if proven_absent(previous, t).is_none() {
+            by_region
+                .entry(t.region.clone())
+                .or_default()
+                .push(t.instance_id.clone());
+        }
+    }
+    by_region
+}
+
+/// The previous answer about this very instance, if it was a proven absence.
+fn proven_absent<'a>(previous: &'a Snapshot, t: &Target) -> Option<&'a Entry> {
+    previous
+        .get(&t.uid)
+        .filter(|e| e.absent && e.instance_id == t.instance_id)
+}
+
 /// What one sweep concluded.
 #[derive(Debug, Clone, Default)]
 pub struct SweepReport {
@@ -216,16 +239,25 @@ pub fn assemble(
 ) -> (Snapshot, Vec<ObjectRef<Workspace>>, Vec<Trip>) {
     let sightings: Vec<Sighting> = swept
         .iter()
-        .map(|t| {
-            sighting(
-                &t.instance_id,
-                t.volume_id.as_deref(),
-                t.launched_at,
-                answers.get(&t.instance_id),
-                settings.not_found_grace,
-                now,
-            )
-        })
+        .map(
+            |t| match (answers.get(&t.instance_id), proven_absent(previous, t)) {
+                // Settled: asking again could only say the same.
+                (None, Some(gone)) => Sighting {
+                    observation: gone.observation.clone(),
+                    asked_at: now,
+                    zone: gone.zone.clone(),
+                    absent: true,
+                },
+                (answer, _) => sighting(
+                    &t.instance_id,
+                    t.volume_id.as_deref(),
+                    t.launched_at,
+                    answer,
+                    settings.not_found_grace,
+                    now,
+                ),
+            },
+        )
         .collect();
     let before = |t: &Target| {
         previous
@@ -301,6 +333,7 @@ pub fn assemble(
             last_clean_at,
             stale: !clean && unknown_for > settings.stale_after,
             zone: zones[i].clone(),
+            absent: seen.absent,
             hold,
             held_retry,
         };
@@ -394,13 +427,7 @@ impl<D: Describer> Sweeper<D> {
         let mut swept = in_scope.clone();
         fair_order(&mut swept, &previous, self.settings.max_per_sweep);
 
-        let mut ids_by_region: HashMap<String, Vec<String>> = HashMap::new();
-        for t in &swept {
-            ids_by_region
-                .entry(t.region.clone())
-                .or_default()
-                .push(t.instance_id.clone());
-        }
+        let ids_by_region = ids_to_describe(&swept, &previous);
         let deadline = started
             + self
                 .settings

@@ -34,6 +34,8 @@ pub struct Entry {
     /// Only Unknown answers for longer than `--stale-after`.
     pub stale: bool,
     pub zone: Option<String>,
+    /// EC2 named the instance as not found: a settled answer.
+    pub absent: bool,
     pub hold: Hold,
     /// The `tend.dev/retry` annotation when the hold began: a new value
     /// releases a held absence.

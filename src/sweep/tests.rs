@@ -162,13 +162,16 @@ fn reply(answers: &HashMap<String, Answer>, id: &str) -> Reply {
 }
 
 #[tokio::test]
-async fn one_call_per_batch_and_one_confirmation_of_the_absent() {
+async fn one_call_per_batch_and_the_absent_confirmed_in_batches_of_their_own() {
     let d = Scripted::new();
     let (answers, stats) = describe_all(&d, &ids(1000), batch(), far()).await;
-    // Five filtered batches; the ids each left out are asked about by id once.
+    // Five filtered batches; the 500 ids they left out are asked about by id
+    // in full batches, not one call per filtered batch.
     assert_eq!(d.sizes.lock().unwrap().len(), 5);
-    assert_eq!(d.named.lock().unwrap().len(), 5);
-    assert_eq!(stats.confirmations, 5);
+    let mut named: Vec<usize> = d.named.lock().unwrap().iter().map(Vec::len).collect();
+    named.sort();
+    assert_eq!(named, vec![100, 200, 200]);
+    assert_eq!(stats.confirmations, 3);
     assert_eq!(answers.len(), 1000);
     assert!(matches!(reply(&answers, "i-00002"), Reply::Found(_)));
     assert!(matches!(reply(&answers, "i-00003"), Reply::NotFound));
@@ -353,6 +356,7 @@ fn least_recently_observed_go_first_and_the_cap_holds() {
                     stale: false,
                     zone: None,
                     hold: Hold::None,
+                    absent: false,
                     held_retry: None,
                 },
             );
@@ -464,6 +468,7 @@ fn unknown_answers_turn_stale_only_after_stale_after() {
                 stale: false,
                 zone: None,
                 hold: Hold::None,
+                absent: false,
                 held_retry: None,
             },
         );
@@ -474,4 +479,48 @@ fn unknown_answers_turn_stale_only_after_stale_after() {
         assert_eq!(entry.stale, stale, "clean answer {clean_ago}s ago");
         assert_eq!(entry.last_clean_at.as_second(), 100_000 - clean_ago);
     }
+}
+
+#[tokio::test]
+async fn a_proven_absence_is_settled_and_not_asked_about_again() {
+    let gone = target(&workspace("gone", "Offline", "ec2", false), "us-east-1").unwrap();
+    let d = Scripted {
+        omit: vec![gone.instance_id.clone()],
+        ..Scripted::new()
+    };
+    let targets = vec![gone.clone()];
+    let settings = settings();
+    // First sweep: asked about, and EC2 named it as not found.
+    let ids = ids_to_describe(&targets, &Snapshot::default());
+    assert_eq!(ids["us-east-1"], vec![gone.instance_id.clone()]);
+    let now = Timestamp::now();
+    let absent = HashMap::from([(
+        gone.instance_id.clone(),
+        Answer {
+            asked_at: now,
+            reply: Reply::NotFound,
+        },
+    )]);
+    let (first, _, _) = assemble(
+        &Snapshot::default(),
+        &targets,
+        &targets,
+        &absent,
+        now,
+        &settings,
+    );
+    let entry = first.get(&gone.uid).unwrap();
+    assert!(entry.absent);
+    assert!(matches!(entry.observation, Observation::NotRunning(_)));
+    // Next sweep: nothing to ask, and the answer stands, stamped anew.
+    assert!(ids_to_describe(&targets, &first).is_empty());
+    let (answers, _) = describe_all(&d, &ids_to_describe(&targets, &first), batch(), far()).await;
+    assert!(answers.is_empty());
+    assert_eq!(d.calls.load(Ordering::SeqCst), 0);
+    let later = now + jiff::SignedDuration::from_secs(60);
+    let (second, woken, _) = assemble(&first, &targets, &targets, &answers, later, &settings);
+    let entry = second.get(&gone.uid).unwrap();
+    assert!(entry.absent);
+    assert_eq!(entry.observed_at, later);
+    assert!(woken.is_empty(), "nothing changed");
 }

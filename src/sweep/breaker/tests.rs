@@ -30,6 +30,7 @@ fn entry(obs: Observation, hold: Hold, held_retry: Option<String>) -> Entry {
         stale: false,
         zone: Some("us-east-1a".into()),
         hold,
+        absent: false,
         held_retry,
     }
 }
