@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::snapshot::{Entry, Hold};
+use super::snapshot::{Death, Entry, Hold};
 use crate::core::Observation;
 
 #[derive(Debug, Clone, Copy)]
@@ -41,16 +41,6 @@ pub struct Sample<'a> {
     pub known_dead: bool,
     /// The Workspace's `tend.dev/retry` annotation now.
     pub retry: Option<&'a str>,
-}
-
-/// A Workspace that turned NotRunning in some recent sweep.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Death {
-    pub uid: String,
-    pub instance_id: String,
-    pub region: String,
-    pub zone: Option<String>,
-    pub sweep: u64,
 }
 
 /// A group (a region, or one zone of it) that tripped in this sweep.

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use batch::{Answer, BatchSettings, CallStats, Describer, Reply, describe_all};
-pub use breaker::{Assessment, BreakerSettings, Death, Sample, Trip, assess};
-pub use snapshot::{Entry, Hold, Snapshot};
+pub use breaker::{Assessment, BreakerSettings, Sample, Trip, assess};
+pub use snapshot::{Death, Entry, Hold, Snapshot};
 
 use crate::api::{Phase, RETRY_ANNOTATION, Runtime, Workspace};
 use crate::backend::ec2::{classify_instance, classify_missing, region_of};

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use jiff::Timestamp;
 
-use super::breaker::Death;
 use crate::core::Observation;
 
 /// What the circuit breaker says about acting on a NotRunning answer.
@@ -58,6 +57,17 @@ fn not_running_reason(obs: &Observation) -> Option<&str> {
         Observation::NotRunning(nr) => Some(&nr.reason),
         _ => None,
     }
+}
+
+/// A Workspace that turned NotRunning in some recent sweep, remembered for
+/// the circuit breaker's window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Death {
+    pub uid: String,
+    pub instance_id: String,
+    pub region: String,
+    pub zone: Option<String>,
+    pub sweep: u64,
 }
 
 /// All answers of one sweep, keyed by Workspace uid.
