@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::WorkspaceStatus;
 
@@ -60,11 +61,13 @@ use super::WorkspaceStatus;
 )]
 pub struct WorkspaceSpec {
     /// Which backend runs the workspace. Immutable.
+    #[schemars(extend("maxLength" = 16))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.runtime is immutable"))]
     pub runtime: Runtime,
 
     /// What the user wants: Running (default), Stopped, or Hibernated (ec2 only).
     #[serde(default)]
+    #[schemars(extend("maxLength" = 16))]
     pub desired_state: DesiredState,
 
     /// Whether tend restarts a backend that died underneath (default Always).
@@ -137,15 +140,19 @@ pub enum ReclaimPolicy {
 pub struct Ec2Spec {
     /// AWS region; defaults to the controller's region. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 32))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.ec2.region is immutable"))]
     pub region: Option<String>,
 
     /// Instance type, e.g. m7i.large. May come from the launch template instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 64))]
     pub instance_type: Option<String>,
 
     /// AMI id. May come from the launch template instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Room for a `resolve:ssm:` parameter reference, not only an `ami-` id.
+    #[schemars(extend("maxLength" = 2048))]
     pub image_id: Option<String>,
 
     /// Launch template to start from; explicit fields here override it.
@@ -180,7 +187,10 @@ pub struct Ec2Spec {
     /// Extra tags for the instance and the volume (at most 45: EC2 allows 50 and
     /// tend adds its own). The tend.dev/ prefix is reserved.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 45))]
+    #[schemars(extend(
+        "maxProperties" = 45,
+        "additionalProperties" = {"type": "string", "maxLength": 256}
+    ))]
     #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('tend.dev/'))").message("spec.ec2.tags must not use the reserved tend.dev/ prefix"))]
     pub tags: BTreeMap<String, String>,
 
@@ -194,8 +204,10 @@ pub struct Ec2Spec {
 #[x_kube(validation = Rule::new("has(self.id) != has(self.name)").message("spec.ec2.launchTemplate needs exactly one of id or name"))]
 pub struct LaunchTemplateRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 64))]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 128))]
     pub name: Option<String>,
     /// Version number, `$Latest` or `$Default` (default `$Default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,6 +233,7 @@ pub struct SpotOptions {
     /// What EC2 does on interruption: terminate (default), stop or hibernate.
     /// stop and hibernate need a persistent request, which tend then uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = no_null_in_enum)]
     pub interruption_behavior: Option<SpotInterruptionBehavior>,
 }
 
@@ -299,6 +312,7 @@ pub struct ContainerSpec {
 pub struct ContainerVolumeSpec {
     pub size: Quantity,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 253))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.container.volume.storageClassName is immutable"))]
     pub storage_class_name: Option<String>,
     /// Where the volume is mounted in the container (default /workspace).
@@ -318,4 +332,12 @@ pub struct ExternalSpec {
 
 fn default_heartbeat_timeout() -> i64 {
     90
+}
+
+/// Keeps an optional enum's schema `nullable` but takes `null` out of its values:
+/// API servers refuse a CRD whose `enum` lists `null`.
+pub(crate) fn no_null_in_enum(schema: &mut schemars::Schema) {
+    if let Some(Value::Array(values)) = schema.get_mut("enum") {
+        values.retain(|v| !v.is_null());
+    }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::spec::no_null_in_enum)]
     pub phase: Option<Phase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
