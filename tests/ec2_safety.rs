@@ -194,7 +194,8 @@ async fn bad_ami_fails_with_a_clear_reason_and_the_controller_stays_alive() {
 
 #[tokio::test]
 async fn ec2_runtime_without_ec2_block_is_invalid_spec_and_launches_nothing() {
-    let rig = Rig::start().await;
+    // A 1.25+ server refuses this spec by CEL; an older one stores it.
+    let rig = Rig::start_on(Rig::before_cel()).await;
     let ws: Workspace = serde_json::from_value(json!({
         "apiVersion": "tend.dev/v1alpha1",
         "kind": "Workspace",
@@ -296,7 +297,8 @@ async fn failed_status_writes_are_retried_and_events_follow_the_write() {
 
 #[tokio::test]
 async fn missing_aws_credentials_are_reported_and_the_controller_keeps_serving() {
-    let mut rig = Rig::new().await;
+    // Before 1.25 the invalid spec below reaches the controller.
+    let mut rig = Rig::new_on(Rig::before_cel()).await;
     let no_credentials = tend::tune(
         aws_sdk_ec2::Config::builder()
             .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())

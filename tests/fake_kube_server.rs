@@ -1,4 +1,6 @@
 //! The fake API server, exercised through real kube-rs clients, watchers and controllers.
+//! These tests install a small CRD of their own; tend's CRD is exercised in
+//! `fake_kube_validation.rs`.
 
 #[path = "support/fake_kube.rs"]
 #[allow(dead_code)]
@@ -19,7 +21,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::runtime::watcher::Event;
 use kube::runtime::{Controller, WatchStreamExt};
-use kube::{CustomResource, Resource, ResourceExt};
+use kube::{CustomResource, CustomResourceExt, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -44,6 +46,18 @@ pub struct WorkspaceSpec {
 pub struct WorkspaceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+}
+
+/// A cluster with this file's small Workspace CRD installed instead of tend's.
+fn config() -> FakeConfig {
+    FakeConfig {
+        crds: vec![serde_json::to_value(Workspace::crd()).unwrap()],
+        ..FakeConfig::default()
+    }
+}
+
+async fn start() -> FakeApiServer {
+    FakeApiServer::start_with(config()).await
 }
 
 fn workspace(name: &str, size: &str) -> Workspace {
@@ -96,7 +110,7 @@ where
 
 #[tokio::test]
 async fn create_get_list_with_selectors_and_errors() {
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let client = server.client();
     let api: Api<ConfigMap> = Api::default_namespaced(client.clone());
     let pp = PostParams::default();
@@ -172,6 +186,10 @@ async fn create_get_list_with_selectors_and_errors() {
     assert!(rest.metadata.continue_.is_none());
 
     // Cluster-wide list across namespaces.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let mut other_ns = k8s_openapi::api::core::v1::Namespace::default();
+    other_ns.metadata.name = Some("other".into());
+    namespaces.create(&pp, &other_ns).await.unwrap();
     let other: Api<ConfigMap> = Api::namespaced(client.clone(), "other");
     other.create(&pp, &config_map("c", &[])).await.unwrap();
     let all: Api<ConfigMap> = Api::all(client.clone());
@@ -220,7 +238,7 @@ async fn create_get_list_with_selectors_and_errors() {
 
 #[tokio::test]
 async fn merge_patch_and_json_patch_with_failing_test() {
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let api: Api<ConfigMap> = Api::default_namespaced(server.client());
     let mut cm = config_map("p", &[]);
     cm.data = Some(
@@ -280,7 +298,7 @@ async fn merge_patch_and_json_patch_with_failing_test() {
     assert_eq!(done.labels().get("a").map(String::as_str), Some("b"));
     assert!(!done.data.unwrap().contains_key("k2"));
 
-    // A strategic merge patch behaves like a merge patch here.
+    // Built-in kinds take strategic merge patches (merged like a merge patch here).
     let smp = api
         .patch(
             "p",
@@ -309,54 +327,41 @@ async fn merge_patch_and_json_patch_with_failing_test() {
 }
 
 #[tokio::test]
-async fn server_side_apply_creates_merges_and_records_manager() {
-    let server = FakeApiServer::start().await;
+async fn server_side_apply_is_refused_clearly() {
+    let server = start().await;
     let api: Api<ConfigMap> = Api::default_namespaced(server.client());
-    let pp = PatchParams::apply("tend-test").force();
-    let first = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "1"}});
-    let created = api.patch("ssa", &pp, &Patch::Apply(&first)).await.unwrap();
-    assert_eq!(
-        created.data.clone().unwrap().get("a").map(String::as_str),
-        Some("1")
-    );
-    let managed = created.metadata.managed_fields.clone().unwrap();
-    assert!(
-        managed
-            .iter()
-            .any(|m| m.manager.as_deref() == Some("tend-test")
-                && m.operation.as_deref() == Some("Apply"))
-    );
-    let last = server.requests().pop().unwrap();
-    assert_eq!(last.status, 201, "apply of a missing object creates it");
-    assert_eq!(
-        last.query_param("fieldManager").as_deref(),
-        Some("tend-test")
-    );
-    assert_eq!(last.query_param("force").as_deref(), Some("true"));
-
-    let second = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"b": "2"}});
-    let merged = api.patch("ssa", &pp, &Patch::Apply(&second)).await.unwrap();
-    let data = merged.data.unwrap();
-    assert_eq!(
-        (data.get("a").cloned(), data.get("b").cloned()),
-        (Some("1".into()), Some("2".into()))
-    );
-    // Re-applying the same configuration is a no-op: no new resourceVersion.
-    let again = api.patch("ssa", &pp, &Patch::Apply(&second)).await.unwrap();
-    assert_eq!(
-        again.metadata.resource_version,
-        merged.metadata.resource_version
-    );
-
-    let no_manager = api
-        .patch("ssa", &PatchParams::default(), &Patch::Apply(&second))
+    let applied = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "1"}});
+    let refused = api
+        .patch(
+            "ssa",
+            &PatchParams::apply("tend-test").force(),
+            &Patch::Apply(&applied),
+        )
         .await;
-    assert!(no_manager.is_err(), "apply needs a field manager");
+    match refused {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(
+                (status.code, status.reason.as_str()),
+                (415, "UnsupportedMediaType")
+            );
+            assert!(
+                status.message.contains("server-side apply"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(
+        server
+            .get_object("/api/v1/namespaces/default/configmaps/ssa")
+            .is_none()
+    );
 }
 
 #[tokio::test]
 async fn status_subresource_is_separate_and_generation_tracks_spec() {
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let api: Api<Workspace> = Api::default_namespaced(server.client());
     let mut ws = workspace("w1", "small");
     ws.status = Some(WorkspaceStatus {
@@ -478,7 +483,7 @@ async fn status_subresource_is_separate_and_generation_tracks_spec() {
 
 #[tokio::test]
 async fn stale_resource_version_conflicts() {
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let api: Api<Lease> = Api::default_namespaced(server.client());
     let mut lease = Lease::default();
     lease.metadata.name = Some("leader".into());
@@ -536,7 +541,7 @@ async fn stale_resource_version_conflicts() {
 
 #[tokio::test]
 async fn delete_with_finalizers_waits_for_their_removal() {
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let api: Api<Workspace> = Api::default_namespaced(server.client());
     api.create(&PostParams::default(), &workspace("fin", "small"))
         .await
@@ -639,7 +644,7 @@ async fn delete_with_finalizers_waits_for_their_removal() {
 
 #[tokio::test]
 async fn watcher_receives_apply_and_delete() {
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let api: Api<ConfigMap> = Api::default_namespaced(server.client());
     let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
     loop {
@@ -672,7 +677,7 @@ async fn watcher_receives_apply_and_delete() {
 
 #[tokio::test]
 async fn raw_watch_applies_selectors_and_ends_after_timeout() {
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let api: Api<ConfigMap> = Api::default_namespaced(server.client());
     let start = api
         .list(&ListParams::default())
@@ -745,11 +750,11 @@ async fn raw_watch_applies_selectors_and_ends_after_timeout() {
 
 #[tokio::test]
 async fn bookmarks_and_streaming_lists() {
-    let config = FakeConfig {
+    let cluster = FakeConfig {
         bookmark_interval: Duration::from_millis(50),
-        ..FakeConfig::default()
+        ..config()
     };
-    let server = FakeApiServer::start_with(config).await;
+    let server = FakeApiServer::start_with(cluster).await;
     let api: Api<ConfigMap> = Api::default_namespaced(server.client());
     api.create(&PostParams::default(), &config_map("one", &[]))
         .await
@@ -783,7 +788,7 @@ async fn bookmarks_and_streaming_lists() {
 
 #[tokio::test]
 async fn expired_watch_gets_410_and_the_watcher_relists() {
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let api: Api<ConfigMap> = Api::default_namespaced(server.client());
     api.create(&PostParams::default(), &config_map("before", &[]))
         .await
@@ -872,15 +877,11 @@ async fn reconcile(
 ) -> Result<Action, ReconcileError> {
     let api: Api<Workspace> =
         Api::namespaced((*client).clone(), &ws.namespace().unwrap_or_default());
-    let status = json!({
-        "apiVersion": Workspace::api_version(&()),
-        "kind": Workspace::kind(&()),
-        "status": {"phase": format!("Ready-{}", ws.spec.size)},
-    });
+    let status = json!({"status": {"phase": format!("Ready-{}", ws.spec.size)}});
     api.patch_status(
         &ws.name_any(),
-        &PatchParams::apply("tend-harness").force(),
-        &Patch::Apply(status),
+        &PatchParams::default(),
+        &Patch::Merge(status),
     )
     .await?;
     Ok(Action::await_change())
@@ -892,7 +893,7 @@ fn error_policy(_: Arc<Workspace>, _: &ReconcileError, _: Arc<kube::Client>) -> 
 
 #[tokio::test]
 async fn controller_reconciles_objects_created_after_it_started() {
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let client = server.client();
     let controller = Controller::new(
         Api::<Workspace>::all(client.clone()),
@@ -947,18 +948,12 @@ async fn controller_reconciles_objects_created_after_it_started() {
         .await;
     let stored = server.get_object(&format!("{WS_PATH}/late")).unwrap();
     assert_eq!(stored["metadata"]["generation"], 2);
-    let managers = stored["metadata"]["managedFields"].as_array().unwrap();
-    assert!(
-        managers
-            .iter()
-            .any(|m| m["manager"] == "tend-harness" && m["subresource"] == "status")
-    );
     running.abort();
 }
 
 #[tokio::test]
 async fn recorder_publishes_then_patches_the_same_event() {
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let recorder = Recorder::new(
         server.client(),
         Reporter {
@@ -1003,7 +998,7 @@ async fn recorder_publishes_then_patches_the_same_event() {
 
 #[tokio::test]
 async fn injected_failures_are_consumed_in_order() {
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let api: Api<Workspace> = Api::default_namespaced(server.client());
     api.create(&PostParams::default(), &workspace("f", "small"))
         .await
@@ -1026,7 +1021,7 @@ async fn injected_failures_are_consumed_in_order() {
 
 #[tokio::test]
 async fn kubeconfig_points_a_client_at_the_server() {
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_yaml()).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
@@ -1072,7 +1067,7 @@ async fn reconcile_with_finalizer(
 
 #[tokio::test]
 async fn kube_finalizer_helper_adds_and_removes_its_finalizer() {
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let client = server.client();
     let controller = Controller::new(
         Api::<Workspace>::all(client.clone()),
@@ -1120,7 +1115,7 @@ async fn kube_finalizer_helper_adds_and_removes_its_finalizer() {
 
 #[tokio::test]
 async fn metadata_watcher_and_partial_object_metadata() {
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let api: Api<ConfigMap> = Api::default_namespaced(server.client());
     let mut cm = config_map("meta", &[("k", "v")]);
     cm.data = Some([("big".to_string(), "payload".to_string())].into());
@@ -1145,7 +1140,7 @@ async fn metadata_watcher_and_partial_object_metadata() {
 
 #[tokio::test]
 async fn dry_run_namespaces_and_create_rules() {
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let client = server.client();
     let api: Api<ConfigMap> = Api::default_namespaced(client.clone());
 
@@ -1198,18 +1193,13 @@ async fn dry_run_namespaces_and_create_rules() {
         409
     );
 
-    // The usual namespaces exist; creates elsewhere are refused only when asked for.
+    // The usual namespaces exist; creates in any other namespace are refused.
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     assert_eq!(
         names(&namespaces.list(&ListParams::default()).await.unwrap().items),
         vec!["default", "kube-node-lease", "kube-public", "kube-system"]
     );
-    let strict = FakeApiServer::start_with(FakeConfig {
-        require_namespaces: true,
-        ..FakeConfig::default()
-    })
-    .await;
-    let missing: Api<ConfigMap> = Api::namespaced(strict.client(), "nowhere");
+    let missing: Api<ConfigMap> = Api::namespaced(client.clone(), "nowhere");
     assert_eq!(
         api_error(
             missing
@@ -1218,11 +1208,6 @@ async fn dry_run_namespaces_and_create_rules() {
         ),
         (404, "NotFound".into())
     );
-    let in_default: Api<ConfigMap> = Api::default_namespaced(strict.client());
-    in_default
-        .create(&PostParams::default(), &config_map("x", &[]))
-        .await
-        .unwrap();
 
     // Patch content types the server does not know are refused.
     let request = hyper::Request::patch("/api/v1/namespaces/default/configmaps/live")
@@ -1260,7 +1245,7 @@ async fn dry_run_namespaces_and_create_rules() {
 #[tokio::test]
 async fn cluster_scoped_resources_with_status() {
     use k8s_openapi::api::core::v1::Node;
-    let server = FakeApiServer::start().await;
+    let server = start().await;
     let nodes: Api<Node> = Api::all(server.client());
     let mut node = Node::default();
     node.metadata.name = Some("n1".into());
@@ -1284,11 +1269,11 @@ async fn cluster_scoped_resources_with_status() {
 
 #[tokio::test]
 async fn watch_history_is_bounded() {
-    let config = FakeConfig {
+    let cluster = FakeConfig {
         history_limit: 2,
-        ..FakeConfig::default()
+        ..config()
     };
-    let server = FakeApiServer::start_with(config).await;
+    let server = FakeApiServer::start_with(cluster).await;
     let api: Api<ConfigMap> = Api::default_namespaced(server.client());
     let first = api
         .create(&PostParams::default(), &config_map("h1", &[]))
@@ -1328,4 +1313,62 @@ async fn watch_history_is_bounded() {
         .collect()
         .await;
     assert!(matches!(&expired[..], [Ok(WatchEvent::Error(e))] if e.code == 410));
+}
+
+#[tokio::test]
+async fn requests_are_recorded_with_their_user_and_rbac_attributes() {
+    let server = start().await;
+    let api: Api<Workspace> = Api::default_namespaced(server.client_as("alice"));
+    api.create(&PostParams::default(), &workspace("r", "small"))
+        .await
+        .unwrap();
+    api.get("r").await.unwrap();
+    api.patch_status(
+        "r",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Ready"}})),
+    )
+    .await
+    .unwrap();
+    let watch = api
+        .watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .unwrap();
+    watch.collect::<Vec<_>>().await;
+    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .unwrap();
+    let everywhere: Api<Workspace> = Api::all(server.client());
+    everywhere.list(&ListParams::default()).await.unwrap();
+    server.client().apiserver_version().await.unwrap();
+
+    let seen: Vec<String> = server
+        .requests()
+        .into_iter()
+        .map(|r| {
+            let target = r.resource.map(|t| {
+                let sub = t.subresource.map(|s| format!("/{s}")).unwrap_or_default();
+                let ns = t.namespace.unwrap_or_else(|| "*".into());
+                format!("{}/{}{sub} in {ns}", t.group, t.resource)
+            });
+            format!(
+                "{} {} {}",
+                r.user.unwrap_or_else(|| "-".into()),
+                r.verb,
+                target.unwrap_or(r.path)
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "alice create tend.dev/workspaces in default",
+            "alice get tend.dev/workspaces in default",
+            "alice patch tend.dev/workspaces/status in default",
+            "alice watch tend.dev/workspaces in default",
+            "alice deletecollection tend.dev/workspaces in default",
+            "- list tend.dev/workspaces in *",
+            "- get /version",
+        ]
+    );
 }

@@ -2,16 +2,74 @@
 //!
 //! Tests point real kube-rs clients, watchers and controllers at it, so it follows the API
 //! server's wire protocol and semantics closely: resource versions, watch history and 410
-//! expiry, status subresources, generations, finalizers, the four patch types and `Status`
-//! errors. It stores arbitrary resources by path, so custom resources need no registration.
+//! expiry, status subresources, generations, finalizers, merge and JSON patches, and
+//! `Status` errors. It refuses what a real server refuses where tend could get it wrong:
+//!
+//! - custom resources exist only through a CustomResourceDefinition (tend's is installed
+//!   by default, others via [`FakeConfig::crds`] or by creating one through the API);
+//!   every write of one (create, update, each patch type, `/status`) is pruned of unknown
+//!   fields, defaulted, and checked against the CRD's `openAPIV3Schema` (`nullable`,
+//!   `x-kubernetes-int-or-string`, list types, formats, bounds) and, from Kubernetes 1.25
+//!   on ([`FakeConfig::minor`]), against its CEL rules, transition rules included. Reads
+//!   are defaulted too. A refusal is a 422 `Invalid` naming each field;
+//! - Events are checked as the server checks them (required fields, length limits, a 1 KiB
+//!   note, series counts, immutability on update);
+//! - strategic merge patches of custom resources answer 415;
+//! - creates in a namespace that does not exist answer 404.
+//!
+//! Every request is recorded with its RBAC attributes (verb, group, resource,
+//! subresource, namespace) and its user, so a test can check a client's permissions.
+//!
+//! # Deviations from a real API server, and why none matters to tend
+//!
+//! - **No authorization or admission plugins.** A bearer token names the user; nothing
+//!   is forbidden. tend's permissions are checked instead against `deploy/` from the
+//!   recorded requests (`tests/rbac.rs`).
+//! - **No server-side apply** (415) and no `managedFields`. tend writes status with merge
+//!   patches, and kube's finalizer helper uses JSON patches.
+//! - **Strategic merge patches of built-in kinds merge like JSON merge patches** (lists
+//!   are replaced, no `$patch` directives). tend sends none.
+//! - **Built-in kinds are not schema-checked or defaulted**, apart from metadata (names,
+//!   labels, finalizers) and Events. tend writes only Events, from k8s-openapi types.
+//! - **CRDs are taken as given**: not validated on create, versions share one storage
+//!   without conversion, deleting a CRD leaves its objects, no discovery endpoints.
+//!   tend's CRD has one version and is checked against real servers' rules in
+//!   `tests/crd.rs`; tend uses no discovery.
+//! - **Schema checks**: only the `date-time`, `date`, `byte` and `uuid` formats are
+//!   checked; no validation ratcheting (1.28+ lets unchanged invalid fields pass);
+//!   `x-kubernetes-embedded-resource` keeps `apiVersion`, `kind` and `metadata` but does
+//!   not check them; messages follow the server's wording loosely but name the same
+//!   fields. tend's schema uses none of the unchecked formats or embedded resources.
+//! - **CEL runs in kube's client-side evaluator**: no cost budget at write time, and
+//!   transition rules inside lists compare items by index (the server only correlates
+//!   map and set lists). A rule it cannot evaluate is skipped and reported by
+//!   [`FakeApiServer::unevaluated_rules`]; tend's rules are all evaluated (a test
+//!   asserts it), and none sits inside a list.
+//! - **core/v1 and events.k8s.io/v1 Events are stored apart** (one store on a real
+//!   server). tend uses only events.k8s.io/v1.
+//! - **Deletion is simple**: no garbage collection of dependents, no propagation
+//!   policies, no grace periods, namespaces go at once. tend owns no Kubernetes objects
+//!   and releases Workspaces through its finalizer.
+//! - **No rate limiting or priority and fairness**, and continue tokens never expire;
+//!   failures come only from [`FakeApiServer::inject_failure`]. tend's tests inject the
+//!   failures they need.
+//! - **Unknown fields are pruned without a `Warning` header**, and `fieldValidation` is
+//!   ignored. kube does not read warnings.
+//! - **HTTP/1.1 and JSON only**: no TLS, protobuf or compression. kube speaks JSON.
 //!
 //! Includers use only part of the API, so they declare the module with `#[allow(dead_code)]`
 //! (or sit under a parent module that allows it).
 
+#[path = "fake_kube/crd.rs"]
+mod crd;
+#[path = "fake_kube/events.rs"]
+mod events;
 #[path = "fake_kube/patch.rs"]
 mod patch;
 #[path = "fake_kube/resource.rs"]
 mod resource;
+#[path = "fake_kube/schema.rs"]
+mod schema;
 #[path = "fake_kube/select.rs"]
 mod select;
 #[path = "fake_kube/server.rs"]
@@ -23,6 +81,7 @@ mod watch;
 #[path = "fake_kube/write.rs"]
 mod write;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,12 +102,78 @@ pub struct RecordedRequest {
     /// The raw (still percent-encoded) query string, without the `?`.
     pub query: String,
     pub content_type: Option<String>,
+    /// Who sent it: the bearer token of a client from [`FakeApiServer::client_as`].
+    pub user: Option<String>,
+    /// The verb RBAC checks: `get`, `list`, `watch`, `create`, `update`, `patch`,
+    /// `delete` or `deletecollection`; the lowercase method for non-resource paths.
+    pub verb: String,
+    /// What a resource request addresses; `None` for paths such as `/version`.
+    pub resource: Option<ResourceAttributes>,
     /// The HTTP status answered (200 for a watch that was opened).
     pub status: u16,
     pub body: String,
 }
 
+/// The resource a request addresses, as RBAC sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ResourceAttributes {
+    /// The API group, `""` for the core group.
+    pub group: String,
+    /// The plural resource name, e.g. `workspaces`.
+    pub resource: String,
+    /// `status`, `finalizers`, ... when the path names one.
+    pub subresource: Option<String>,
+    /// `None` for cluster-scoped resources and requests across all namespaces.
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
 impl RecordedRequest {
+    pub(crate) fn new(
+        method: &str,
+        path: &str,
+        query: &str,
+        content_type: Option<String>,
+        user: Option<String>,
+        status: u16,
+        body: String,
+    ) -> RecordedRequest {
+        let target = Target::parse(path);
+        let watch = server::parse_query(query)
+            .get("watch")
+            .is_some_and(|w| w == "true" || w == "1");
+        let named = target.as_ref().is_some_and(|t| t.name.is_some());
+        let verb = match (method, target.is_some()) {
+            (_, false) => method.to_ascii_lowercase(),
+            ("GET", _) if watch => "watch".into(),
+            ("GET", _) if named => "get".into(),
+            ("GET", _) => "list".into(),
+            ("POST", _) => "create".into(),
+            ("PUT", _) => "update".into(),
+            ("PATCH", _) => "patch".into(),
+            ("DELETE", _) if named => "delete".into(),
+            ("DELETE", _) => "deletecollection".into(),
+            (other, _) => other.to_ascii_lowercase(),
+        };
+        RecordedRequest {
+            method: method.to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+            content_type,
+            user,
+            verb,
+            resource: target.map(|t| ResourceAttributes {
+                group: t.group,
+                resource: t.plural,
+                subresource: t.subresource,
+                namespace: t.namespace,
+                name: t.name,
+            }),
+            status,
+            body,
+        }
+    }
+
     /// A decoded query parameter, e.g. `fieldManager` or `watch`.
     pub fn query_param(&self, key: &str) -> Option<String> {
         server::parse_query(&self.query).remove(key)
@@ -140,12 +265,25 @@ impl FakeApiServer {
 
     /// A kube client for this server, with default namespace `default`.
     pub fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.config()).expect("fake API server: building a kube client")
+    }
+
+    /// A client whose requests are recorded as `user`'s (it sends `user` as its bearer
+    /// token), so a test can tell one client's requests from another's.
+    pub fn client_as(&self, user: &str) -> kube::Client {
+        let mut config = self.config();
+        let token = hyper::header::HeaderValue::from_str(&format!("Bearer {user}"))
+            .expect("fake API server: user names fit in a header");
+        config.headers.push((hyper::header::AUTHORIZATION, token));
+        kube::Client::try_from(config).expect("fake API server: building a kube client")
+    }
+
+    fn config(&self) -> kube::Config {
         let uri: hyper::Uri = self
             .url()
             .parse()
             .expect("fake API server: url is a valid URI");
-        kube::Client::try_from(kube::Config::new(uri))
-            .expect("fake API server: building a kube client")
+        kube::Config::new(uri)
     }
 
     /// A kubeconfig for this server, for a subprocess started with `KUBECONFIG`.
@@ -186,7 +324,9 @@ users:
             return Vec::new();
         };
         let st = self.shared.lock();
-        let info = st.info(&target.key());
+        let Ok(info) = st.info(&target) else {
+            return Vec::new();
+        };
         st.collection(&target)
             .into_iter()
             .map(|obj| State::present(&target, &info, obj))
@@ -211,6 +351,11 @@ users:
     /// Forgets the recorded requests, to assert on what happens next.
     pub fn clear_requests(&self) {
         self.shared.lock().requests.clear();
+    }
+
+    /// CEL rules that writes needed but the evaluator could not run (so they were skipped).
+    pub fn unevaluated_rules(&self) -> BTreeSet<String> {
+        self.shared.lock().unevaluated_rules.clone()
     }
 
     /// Makes upcoming matching requests fail; failures are consumed in the order injected.

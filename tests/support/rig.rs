@@ -13,13 +13,15 @@ use tend::metrics::Metrics;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::fake_kube::FakeApiServer;
+use super::fake_kube::{FakeApiServer, FakeConfig};
 use super::faults::FaultProxy;
 use super::moto::Moto;
 
 pub const NS: &str = "default";
 pub const CLUSTER: &str = "test-cluster";
 pub const WAIT: Duration = Duration::from_secs(30);
+/// Who the controller's requests come from: the ServiceAccount `deploy/` runs it as.
+pub const CONTROLLER_USER: &str = "system:serviceaccount:tend-system:tend";
 
 pub struct Rig {
     pub kube: FakeApiServer,
@@ -34,9 +36,15 @@ pub struct Rig {
 }
 
 impl Rig {
-    /// Starts the fake API server, moto and the proxy, but not the controller.
+    /// Starts the fake API server (a current Kubernetes with tend's CRD), moto and the
+    /// proxy, but not the controller.
     pub async fn new() -> Rig {
-        let kube = FakeApiServer::start().await;
+        Rig::new_on(FakeConfig::default()).await
+    }
+
+    /// Like [`Rig::new`], on an API server configured as given.
+    pub async fn new_on(cluster: FakeConfig) -> Rig {
+        let kube = FakeApiServer::start_with(cluster).await;
         let moto = Moto::start().await;
         let proxy = FaultProxy::start(moto.url()).await;
         let (subnet, zone) = moto.default_subnet(None).await;
@@ -83,9 +91,23 @@ impl Rig {
 
     /// A rig with the controller already running.
     pub async fn start() -> Rig {
-        let mut rig = Rig::new().await;
+        Rig::start_on(FakeConfig::default()).await
+    }
+
+    /// A rig with the controller already running, on an API server configured as given.
+    pub async fn start_on(cluster: FakeConfig) -> Rig {
+        let mut rig = Rig::new_on(cluster).await;
         rig.start_controller().await;
         rig
+    }
+
+    /// An API server older than 1.25: it has no CEL, so specs that break the CRD's
+    /// rules reach the controller, which must catch them itself.
+    pub fn before_cel() -> FakeConfig {
+        FakeConfig {
+            minor: 24,
+            ..FakeConfig::default()
+        }
     }
 
     /// The EC2 client configuration the controller uses: through the proxy,
@@ -103,7 +125,7 @@ impl Rig {
         assert!(self.controller.is_none(), "controller already running");
         let (tx, rx) = oneshot::channel();
         let args = self.args.clone();
-        let client = self.kube.client();
+        let client = self.kube.client_as(CONTROLLER_USER);
         self.metrics = Arc::new(Metrics::default());
         let metrics = self.metrics.clone();
         let task = tokio::spawn(async move {

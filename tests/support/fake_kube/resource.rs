@@ -1,6 +1,7 @@
 //! Resource addressing, type metadata, selection and `Status` errors.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -87,18 +88,43 @@ impl ApiError {
         .with_details(t, name)
     }
 
-    pub(crate) fn invalid(t: &Target, kind: &str, name: &str, why: &str) -> Self {
+    /// 422 `Invalid` naming every offending field, with one `cause` per field, as the
+    /// server's field validation answers.
+    pub(crate) fn invalid(t: &Target, kind: &str, name: &str, errors: &[FieldError]) -> Self {
         let qualified = if t.group.is_empty() {
             kind.to_string()
         } else {
             format!("{kind}.{}", t.group)
         };
-        Self::new(
+        let why = match errors {
+            [one] => one.to_string(),
+            many => format!(
+                "[{}]",
+                many.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let mut details = json!({
+            "name": name,
+            "kind": kind,
+            "causes": errors.iter().map(FieldError::cause).collect::<Vec<_>>(),
+        });
+        if !t.group.is_empty() {
+            details["group"] = Value::String(t.group.clone());
+        }
+        let mut error = Self::new(
             422,
             "Invalid",
             format!("{qualified} \"{name}\" is invalid: {why}"),
-        )
-        .with_details(t, name)
+        );
+        error.details = Some(details);
+        error
+    }
+
+    pub(crate) fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(415, "UnsupportedMediaType", message)
     }
 
     pub(crate) fn expired(message: impl Into<String>) -> Self {
@@ -124,6 +150,119 @@ impl ApiError {
 
 /// An HTTP status with a JSON body, or an error.
 pub(crate) type Reply = Result<(u16, Value), ApiError>;
+
+/// One field that failed validation, shaped like the server's `field.Error`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FieldError {
+    /// `spec.ec2.region`, `status.conditions[0]`, `spec.ec2.tags[team]`.
+    pub field: String,
+    /// The `Status` cause reason, e.g. `FieldValueRequired`.
+    pub reason: &'static str,
+    /// What the server says after the field name.
+    pub detail: String,
+}
+
+/// How a value reads inside an error message: JSON, as close to the server's as matters.
+pub(crate) fn shown(value: &Value) -> String {
+    value.to_string()
+}
+
+/// The JSON type name of a value, as type errors name it.
+pub(crate) fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+impl FieldError {
+    pub(crate) fn required(field: &str) -> Self {
+        Self::new(field, "FieldValueRequired", "Required value".into())
+    }
+
+    pub(crate) fn invalid(field: &str, value: &Value, why: &str) -> Self {
+        Self::new(
+            field,
+            "FieldValueInvalid",
+            format!("Invalid value: {}: {why}", shown(value)),
+        )
+    }
+
+    pub(crate) fn type_invalid(field: &str, value: &Value, expected: &str) -> Self {
+        let actual = type_name(value);
+        Self::new(
+            field,
+            "FieldValueTypeInvalid",
+            format!(
+                "Invalid value: \"{actual}\": {field} in body must be of type {expected}: \"{actual}\""
+            ),
+        )
+    }
+
+    pub(crate) fn not_supported(field: &str, value: &Value, supported: &[Value]) -> Self {
+        let supported: Vec<String> = supported.iter().map(shown).collect();
+        Self::new(
+            field,
+            "FieldValueNotSupported",
+            format!(
+                "Unsupported value: {}: supported values: {}",
+                shown(value),
+                supported.join(", ")
+            ),
+        )
+    }
+
+    pub(crate) fn too_long(field: &str, max: u64) -> Self {
+        Self::new(
+            field,
+            "FieldValueTooLong",
+            format!("Too long: may not be longer than {max}"),
+        )
+    }
+
+    pub(crate) fn too_many(field: &str, actual: usize, max: u64) -> Self {
+        Self::new(
+            field,
+            "FieldValueTooMany",
+            format!("Too many: {actual}: must have at most {max} items"),
+        )
+    }
+
+    pub(crate) fn duplicate(field: &str, value: &Value) -> Self {
+        Self::new(
+            field,
+            "FieldValueDuplicate",
+            format!("Duplicate value: {}", shown(value)),
+        )
+    }
+
+    pub(crate) fn forbidden(field: &str, why: &str) -> Self {
+        Self::new(field, "FieldValueForbidden", format!("Forbidden: {why}"))
+    }
+
+    fn new(field: &str, reason: &'static str, detail: String) -> Self {
+        Self {
+            field: field.to_string(),
+            reason,
+            detail,
+        }
+    }
+
+    fn cause(&self) -> Value {
+        json!({"reason": self.reason, "message": self.detail, "field": self.field})
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.detail)
+    }
+}
 
 /// Identity of a stored resource type; versions of one group share storage.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -208,60 +347,65 @@ pub(crate) struct TypeInfo {
     pub namespaced: bool,
     pub status_subresource: bool,
     pub tracks_generation: bool,
+    /// The `openAPIV3Schema` of a custom resource's version; built-in kinds have none.
+    pub schema: Option<Arc<Value>>,
+    /// Names the CRD revision and version the schema comes from, so work derived from
+    /// it can be cached.
+    pub schema_id: String,
+    /// Whether the CRD's CEL rules are enforced (API servers 1.25 and later).
+    pub cel: bool,
 }
 
-/// Built-in kinds and scopes, so empty collections still list with the right kind.
-pub(crate) fn builtin(group: &str, plural: &str) -> Option<(&'static str, bool)> {
-    Some(match (group, plural) {
-        ("", "pods") => ("Pod", true),
-        ("", "secrets") => ("Secret", true),
-        ("", "configmaps") => ("ConfigMap", true),
-        ("", "services") => ("Service", true),
-        ("", "serviceaccounts") => ("ServiceAccount", true),
-        ("", "persistentvolumeclaims") => ("PersistentVolumeClaim", true),
-        ("", "events") => ("Event", true),
-        ("", "endpoints") => ("Endpoints", true),
-        ("", "persistentvolumes") => ("PersistentVolume", false),
-        ("", "nodes") => ("Node", false),
-        ("", "namespaces") => ("Namespace", false),
-        ("events.k8s.io", "events") => ("Event", true),
-        ("coordination.k8s.io", "leases") => ("Lease", true),
-        ("apps", "deployments") => ("Deployment", true),
-        ("apps", "statefulsets") => ("StatefulSet", true),
-        ("apps", "replicasets") => ("ReplicaSet", true),
-        ("apps", "daemonsets") => ("DaemonSet", true),
-        ("batch", "jobs") => ("Job", true),
-        ("batch", "cronjobs") => ("CronJob", true),
-        ("policy", "poddisruptionbudgets") => ("PodDisruptionBudget", true),
-        ("networking.k8s.io", "ingresses") => ("Ingress", true),
-        ("networking.k8s.io", "networkpolicies") => ("NetworkPolicy", true),
-        ("discovery.k8s.io", "endpointslices") => ("EndpointSlice", true),
-        ("rbac.authorization.k8s.io", "roles") => ("Role", true),
-        ("rbac.authorization.k8s.io", "rolebindings") => ("RoleBinding", true),
-        ("rbac.authorization.k8s.io", "clusterroles") => ("ClusterRole", false),
-        ("rbac.authorization.k8s.io", "clusterrolebindings") => ("ClusterRoleBinding", false),
-        ("storage.k8s.io", "storageclasses") => ("StorageClass", false),
+/// A built-in kind: its name, scope and whether it has a `status` subresource.
+pub(crate) struct Builtin {
+    pub kind: &'static str,
+    pub namespaced: bool,
+    pub status: bool,
+}
+
+/// The built-in kinds the server knows; other resources exist only through a CRD.
+pub(crate) fn builtin(group: &str, plural: &str) -> Option<Builtin> {
+    let (kind, namespaced, status) = match (group, plural) {
+        ("", "pods") => ("Pod", true, true),
+        ("", "secrets") => ("Secret", true, false),
+        ("", "configmaps") => ("ConfigMap", true, false),
+        ("", "services") => ("Service", true, true),
+        ("", "serviceaccounts") => ("ServiceAccount", true, false),
+        ("", "persistentvolumeclaims") => ("PersistentVolumeClaim", true, true),
+        ("", "events") => ("Event", true, false),
+        ("", "endpoints") => ("Endpoints", true, false),
+        ("", "persistentvolumes") => ("PersistentVolume", false, true),
+        ("", "nodes") => ("Node", false, true),
+        ("", "namespaces") => ("Namespace", false, true),
+        ("events.k8s.io", "events") => ("Event", true, false),
+        ("coordination.k8s.io", "leases") => ("Lease", true, false),
+        ("apps", "deployments") => ("Deployment", true, true),
+        ("apps", "statefulsets") => ("StatefulSet", true, true),
+        ("apps", "replicasets") => ("ReplicaSet", true, true),
+        ("apps", "daemonsets") => ("DaemonSet", true, true),
+        ("batch", "jobs") => ("Job", true, true),
+        ("batch", "cronjobs") => ("CronJob", true, true),
+        ("policy", "poddisruptionbudgets") => ("PodDisruptionBudget", true, true),
+        ("networking.k8s.io", "ingresses") => ("Ingress", true, true),
+        ("networking.k8s.io", "networkpolicies") => ("NetworkPolicy", true, false),
+        ("discovery.k8s.io", "endpointslices") => ("EndpointSlice", true, false),
+        ("rbac.authorization.k8s.io", "roles") => ("Role", true, false),
+        ("rbac.authorization.k8s.io", "rolebindings") => ("RoleBinding", true, false),
+        ("rbac.authorization.k8s.io", "clusterroles") => ("ClusterRole", false, false),
+        ("rbac.authorization.k8s.io", "clusterrolebindings") => {
+            ("ClusterRoleBinding", false, false)
+        }
+        ("storage.k8s.io", "storageclasses") => ("StorageClass", false, false),
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
-            ("CustomResourceDefinition", false)
+            ("CustomResourceDefinition", false, true)
         }
         _ => return None,
-    })
-}
-
-/// Best guess at a kind from a plural (`workspaces` -> `Workspace`).
-pub(crate) fn guess_kind(plural: &str) -> String {
-    let singular = if let Some(stem) = plural.strip_suffix("ies") {
-        format!("{stem}y")
-    } else if let Some(stem) = plural.strip_suffix("sses") {
-        format!("{stem}ss")
-    } else {
-        plural.strip_suffix('s').unwrap_or(plural).to_string()
     };
-    let mut chars = singular.chars();
-    chars
-        .next()
-        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
-        .unwrap_or_default()
+    Some(Builtin {
+        kind,
+        namespaced,
+        status,
+    })
 }
 
 /// Which objects a list or watch selects, and how it renders them.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue, USER_AGENT};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use super::RecordedRequest;
 use super::resource::{ApiError, Filter, Query, Target, partial_metadata};
-use super::store::{Shared, State, Writer};
+use super::store::{Shared, State};
 use super::watch::WatchStream;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -74,7 +74,6 @@ struct Req<'a> {
     query: &'a Query,
     content_type: &'a str,
     accept: &'a str,
-    user_agent: &'a str,
     body: &'a [u8],
 }
 
@@ -89,8 +88,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             .unwrap_or("")
             .to_string()
     };
-    let (content_type, accept, user_agent) =
-        (header(CONTENT_TYPE), header(ACCEPT), header(USER_AGENT));
+    let (content_type, accept) = (header(CONTENT_TYPE), header(ACCEPT));
+    // The bearer token names the user; the server authenticates but never authorizes.
+    let user = header(AUTHORIZATION)
+        .strip_prefix("Bearer ")
+        .map(str::to_string);
     let body = match req.into_body().collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
@@ -102,20 +104,20 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         query: &query,
         content_type: &content_type,
         accept: &accept,
-        user_agent: &user_agent,
         body: &body,
     };
     let outcome = {
         let mut st = shared.lock();
         let outcome = route(&shared, &mut st, &incoming);
-        st.requests.push(RecordedRequest {
-            method: method.clone(),
-            path: path.clone(),
-            query: raw_query.clone(),
-            content_type: (!content_type.is_empty()).then(|| content_type.clone()),
-            status: outcome.code(),
-            body: String::from_utf8_lossy(&body).into_owned(),
-        });
+        st.requests.push(RecordedRequest::new(
+            &method,
+            &path,
+            &raw_query,
+            (!content_type.is_empty()).then(|| content_type.clone()),
+            user,
+            outcome.code(),
+            String::from_utf8_lossy(&body).into_owned(),
+        ));
         outcome
     };
     shared.changed.notify_waiters();
@@ -148,15 +150,15 @@ fn respond(code: u16, body: Body) -> Response<Body> {
     response
 }
 
-fn version_info() -> Value {
+fn version_info(minor: u32) -> Value {
     json!({
         "major": "1",
-        "minor": "37",
+        "minor": minor.to_string(),
         "emulationMajor": "1",
-        "emulationMinor": "37",
+        "emulationMinor": minor.to_string(),
         "minCompatibilityMajor": "1",
-        "minCompatibilityMinor": "36",
-        "gitVersion": "v1.37.0",
+        "minCompatibilityMinor": minor.saturating_sub(1).to_string(),
+        "gitVersion": format!("v1.{minor}.0"),
         "gitCommit": "0000000000000000000000000000000000000000",
         "gitTreeState": "clean",
         "buildDate": "2026-01-01T00:00:00Z",
@@ -198,23 +200,12 @@ fn route(shared: &Arc<Shared>, st: &mut State, req: &Req<'_>) -> Outcome {
         return failure;
     }
     match (req.method, req.path) {
-        ("GET", "/version") => return Outcome::Json(200, version_info()),
+        ("GET", "/version") => return Outcome::Json(200, version_info(st.config.minor)),
         ("GET", "/healthz" | "/livez" | "/readyz") => return Outcome::Text(200, "ok"),
         _ => {}
     }
     let Some(target) = Target::parse(req.path) else {
         return Err::<(u16, Value), _>(ApiError::no_route()).into();
-    };
-    let mut writer = Writer {
-        manager: req.query.get("fieldManager").cloned().unwrap_or_else(|| {
-            req.user_agent
-                .split('/')
-                .next()
-                .filter(|m| !m.is_empty())
-                .unwrap_or("unknown")
-                .to_string()
-        }),
-        operation: "Update",
     };
     let q = req.query;
     let result = match (req.method, target.name.is_some()) {
@@ -250,13 +241,9 @@ fn route(shared: &Arc<Shared>, st: &mut State, req: &Req<'_>) -> Outcome {
         ("GET", false) => {
             Filter::from_query(q, req.accept).and_then(|filter| st.list(&target, q, &filter))
         }
-        ("POST", false) => {
-            parse_body(req.body).and_then(|body| st.create(&target, q, body, &writer))
-        }
-        ("PUT", true) => {
-            parse_body(req.body).and_then(|body| st.replace(&target, q, body, &writer))
-        }
-        ("PATCH", true) => st.patch(&target, q, req.body, req.content_type, &mut writer),
+        ("POST", false) => parse_body(req.body).and_then(|body| st.create(&target, q, body)),
+        ("PUT", true) => parse_body(req.body).and_then(|body| st.replace(&target, q, body)),
+        ("PATCH", true) => st.patch(&target, q, req.body, req.content_type),
         ("DELETE", true) => st.delete(&target, q, req.body),
         ("DELETE", false) => Filter::from_query(q, "")
             .and_then(|filter| st.delete_collection(&target, q, req.body, &filter)),

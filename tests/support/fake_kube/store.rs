@@ -7,42 +7,32 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, broadcast};
 
-use super::resource::{
-    ApiError, Filter, Query, Reply, Target, TypeInfo, TypeKey, builtin, guess_kind,
-};
+use super::crd::{self, CRD_GROUP, CRD_PLURAL};
+use super::resource::{ApiError, Filter, Query, Reply, Target, TypeInfo, TypeKey, builtin};
 use super::{Failure, RecordedRequest};
 
-/// Knobs for how resources behave; the defaults match the operator's needs.
+/// The cluster the server pretends to be.
 #[derive(Clone, Debug)]
 pub struct FakeConfig {
-    /// Plurals whose resources have a `status` subresource.
-    pub status_subresources: BTreeSet<String>,
-    /// Plurals of cluster-scoped resources beyond the built-in ones (nodes, namespaces, ...).
-    pub cluster_scoped: BTreeSet<String>,
-    /// Kind for a plural, for resources the server cannot name from built-ins or bodies.
-    pub kinds: BTreeMap<String, String>,
+    /// CustomResourceDefinitions installed at start, as JSON objects. Custom resources
+    /// exist only through a CRD, as on a real server; the default installs tend's.
+    pub crds: Vec<Value>,
+    /// The Kubernetes minor version (1.x). CRD CEL rules are enforced from 1.25 on.
+    pub minor: u32,
     /// Watch events kept per resource type; older ones answer 410 Expired.
     pub history_limit: usize,
     /// How often a watch that allows bookmarks receives one.
     pub bookmark_interval: Duration,
-    /// Refuse creates in namespaces that do not exist (404), as a real cluster does.
-    /// Off by default so tests need not create namespaces; `default`, `kube-system`,
-    /// `kube-public` and `kube-node-lease` always exist.
-    pub require_namespaces: bool,
 }
 
 impl Default for FakeConfig {
     fn default() -> Self {
+        let tend_crd = serde_yaml::from_str(&tend::crd_yaml()).expect("tend's CRD parses");
         Self {
-            status_subresources: ["workspaces", "pods", "persistentvolumeclaims", "nodes"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            cluster_scoped: BTreeSet::new(),
-            kinds: BTreeMap::new(),
+            crds: vec![tend_crd],
+            minor: 37,
             history_limit: 1000,
             bookmark_interval: Duration::from_secs(5),
-            require_namespaces: false,
         }
     }
 }
@@ -76,7 +66,6 @@ pub(crate) enum Msg {
 
 #[derive(Default)]
 pub(crate) struct TypeState {
-    pub kind: Option<String>,
     pub objects: BTreeMap<(String, String), Value>,
     pub history: VecDeque<Arc<Change>>,
     pub compacted_through: u64,
@@ -89,6 +78,8 @@ pub(crate) struct State {
     pub types: BTreeMap<TypeKey, TypeState>,
     pub requests: Vec<RecordedRequest>,
     pub failures: Vec<Failure>,
+    /// CEL rules a write needed but the evaluator could not run.
+    pub unevaluated_rules: BTreeSet<String>,
     /// Events at or below this revision may be gone for every type.
     pub compacted_through: u64,
     pub tx: broadcast::Sender<Msg>,
@@ -114,25 +105,30 @@ impl Shared {
             types: BTreeMap::new(),
             requests: Vec::new(),
             failures: Vec::new(),
+            unevaluated_rules: BTreeSet::new(),
             compacted_through: 0,
             tx,
             seed,
         };
-        // The namespaces every cluster starts with.
-        if let Some(namespaces) = Target::parse("/api/v1/namespaces") {
-            let writer = Writer {
-                manager: "kube-apiserver".into(),
-                operation: "Update",
-            };
-            for name in ["default", "kube-node-lease", "kube-public", "kube-system"] {
-                let namespace = json!({
-                    "apiVersion": "v1",
-                    "kind": "Namespace",
-                    "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
-                    "spec": {"finalizers": ["kubernetes"]},
-                    "status": {"phase": "Active"},
-                });
-                let _ = state.create(&namespaces, &Query::new(), namespace, &writer);
+        // The namespaces every cluster starts with, then the installed CRDs.
+        let namespaces = Target::parse("/api/v1/namespaces").expect("namespaces path parses");
+        for name in ["default", "kube-node-lease", "kube-public", "kube-system"] {
+            let namespace = json!({
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
+                "spec": {"finalizers": ["kubernetes"]},
+                "status": {"phase": "Active"},
+            });
+            state
+                .create(&namespaces, &Query::new(), namespace)
+                .expect("a cluster's own namespace is created");
+        }
+        let crds =
+            Target::parse(&format!("/apis/{CRD_GROUP}/v1/{CRD_PLURAL}")).expect("CRD path parses");
+        for definition in state.config.crds.clone() {
+            if let Err(e) = state.create(&crds, &Query::new(), definition) {
+                panic!("fake API server: installing a CRD: {}", e.message);
             }
         }
         Self {
@@ -145,12 +141,6 @@ impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// Who is writing, for `metadata.managedFields`.
-pub(crate) struct Writer<'a> {
-    pub manager: String,
-    pub operation: &'a str,
 }
 
 pub(crate) fn now_rfc3339() -> String {
@@ -197,33 +187,34 @@ impl State {
         self.stored(&key, "", ns).is_some()
     }
 
-    pub(crate) fn info(&self, key: &TypeKey) -> TypeInfo {
-        let builtin = builtin(&key.group, &key.plural);
-        let kind = self
-            .types
-            .get(key)
-            .and_then(|t| t.kind.clone())
-            .or_else(|| self.config.kinds.get(&key.plural).cloned())
-            .or_else(|| builtin.map(|(k, _)| k.to_string()))
-            .unwrap_or_else(|| guess_kind(&key.plural));
-        let namespaced = builtin.map(|(_, n)| n).unwrap_or(true)
-            && !self.config.cluster_scoped.contains(&key.plural);
-        let status_subresource = self.config.status_subresources.contains(&key.plural);
-        let untracked_groups = [
-            "",
-            "events.k8s.io",
-            "coordination.k8s.io",
-            "rbac.authorization.k8s.io",
-            "storage.k8s.io",
-        ];
-        let tracks_generation =
-            status_subresource || !untracked_groups.contains(&key.group.as_str());
-        TypeInfo {
-            kind,
-            namespaced,
-            status_subresource,
-            tracks_generation,
+    /// How the addressed resource type behaves: a built-in kind, or one a stored CRD
+    /// serves in the addressed version. Anything else has no route (404).
+    pub(crate) fn info(&self, t: &Target) -> Result<TypeInfo, ApiError> {
+        if let Some(b) = builtin(&t.group, &t.plural) {
+            let untracked_groups = [
+                "",
+                "events.k8s.io",
+                "coordination.k8s.io",
+                "rbac.authorization.k8s.io",
+                "storage.k8s.io",
+            ];
+            return Ok(TypeInfo {
+                kind: b.kind.to_string(),
+                namespaced: b.namespaced,
+                status_subresource: b.status,
+                tracks_generation: b.status || !untracked_groups.contains(&t.group.as_str()),
+                schema: None,
+                schema_id: String::new(),
+                cel: false,
+            });
         }
+        let crds = TypeKey {
+            group: CRD_GROUP.into(),
+            plural: CRD_PLURAL.into(),
+        };
+        self.stored(&crds, "", &format!("{}.{}", t.plural, t.group))
+            .and_then(|definition| crd::type_info(definition, &t.version, self.config.minor))
+            .ok_or_else(ApiError::no_route)
     }
 
     /// Checks that the path's scope fits the resource, answering 404 like a missing route.
@@ -268,9 +259,13 @@ impl State {
         )
     }
 
-    /// Renders a stored object as the request's API version addresses it.
+    /// Renders a stored object as the request's API version addresses it; custom
+    /// resources are pruned and defaulted on every read, as the server does.
     pub(crate) fn present(t: &Target, info: &TypeInfo, obj: &Value) -> Value {
         let mut out = obj.clone();
+        if let Some(schema) = &info.schema {
+            crd::normalize(&mut out, schema);
+        }
         out["apiVersion"] = Value::String(t.api_version());
         out["kind"] = Value::String(info.kind.clone());
         out
@@ -324,7 +319,7 @@ impl State {
 
     pub(crate) fn get(&self, t: &Target) -> Reply {
         let key = t.key();
-        let info = self.info(&key);
+        let info = self.info(t)?;
         self.check_scope(t, &info)?;
         let name = t.name.as_deref().unwrap_or_default();
         let ns = t.namespace.as_deref().unwrap_or_default();
@@ -347,7 +342,7 @@ impl State {
     }
 
     pub(crate) fn list(&self, t: &Target, q: &Query, filter: &Filter) -> Reply {
-        let info = self.info(&t.key());
+        let info = self.info(t)?;
         self.check_scope(t, &info)?;
         let limit = q
             .get("limit")

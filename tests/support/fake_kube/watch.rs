@@ -55,7 +55,7 @@ impl WatchStream {
         filter: Filter,
     ) -> Result<WatchStream, ApiError> {
         let key = t.key();
-        let info = st.info(&key);
+        let info = st.info(t)?;
         st.check_scope(t, &info)?;
         let timeout = q
             .get("timeoutSeconds")
@@ -124,16 +124,8 @@ impl WatchStream {
 
     /// The object as this watch's API version and selectors show it.
     fn render(&self, obj: &Value) -> Value {
-        let mut out = obj.clone();
-        out["apiVersion"] = Value::String(self.target.api_version());
-        if out
-            .get("kind")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            out["kind"] = Value::String(self.info.kind.clone());
-        }
-        self.filter.render(&out)
+        self.filter
+            .render(&State::present(&self.target, &self.info, obj))
     }
 
     fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {

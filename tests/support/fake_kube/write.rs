@@ -1,19 +1,44 @@
-//! Writes: create, replace, the patch flavours, delete, and the rules every update obeys.
+//! Writes: create, replace, the patch flavours, delete, and the rules every write obeys.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
+use super::crd;
+use super::events;
 use super::patch::{PatchError, json_patch, merge_patch};
-use super::resource::{ApiError, Filter, Query, Reply, Target, TypeInfo, builtin};
-use super::store::{ChangeType, State, Writer, finalizers, meta, meta_mut, now_rfc3339};
+use super::resource::{ApiError, FieldError, Filter, Query, Reply, Target, TypeInfo};
+use super::store::{ChangeType, State, finalizers, meta, meta_mut, now_rfc3339};
 
-/// Drops what the server's typed `ObjectMeta` would omit: nulls and empty collections.
+/// The fields of `ObjectMeta`; the server drops anything else under `metadata`.
+const OBJECT_META_FIELDS: [&str; 15] = [
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+/// Coerces `metadata` to `ObjectMeta`: unknown fields, nulls and empty collections go,
+/// as they do when the server decodes into its typed `ObjectMeta`.
 fn normalize_metadata(obj: &mut Value) {
     let m = meta_mut(obj);
-    m.retain(|_, v| match v {
-        Value::Null => false,
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-        _ => true,
+    m.retain(|k, v| {
+        OBJECT_META_FIELDS.contains(&k.as_str())
+            && match v {
+                Value::Null => false,
+                Value::Array(a) => !a.is_empty(),
+                Value::Object(o) => !o.is_empty(),
+                _ => true,
+            }
     });
 }
 
@@ -32,36 +57,8 @@ fn spec_changed(old: &Value, new: &Value, ignore_status: bool) -> bool {
     strip(old) != strip(new)
 }
 
-/// Field set of an applied configuration, in the `FieldsV1` shape.
-fn fields_v1(value: &Value, top: bool) -> Value {
-    let Value::Object(map) = value else {
-        return json!({});
-    };
-    let mut out = Map::new();
-    for (k, v) in map {
-        if top && matches!(k.as_str(), "apiVersion" | "kind") {
-            continue;
-        }
-        if top && k == "metadata" {
-            let mut m = Map::new();
-            if let Value::Object(md) = v {
-                for field in ["labels", "annotations", "finalizers", "ownerReferences"] {
-                    if let Some(x) = md.get(field) {
-                        m.insert(format!("f:{field}"), fields_v1(x, false));
-                    }
-                }
-            }
-            if !m.is_empty() {
-                out.insert("f:metadata".into(), Value::Object(m));
-            }
-            continue;
-        }
-        out.insert(format!("f:{k}"), fields_v1(v, false));
-    }
-    Value::Object(out)
-}
-
-fn valid_name(name: &str) -> bool {
+/// A lowercase RFC 1123 subdomain, as object names must be.
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name
@@ -71,61 +68,91 @@ fn valid_name(name: &str) -> bool {
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
+/// Label keys are qualified names; values are at most 63 characters of the same alphabet.
+fn label_errors(obj: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
+    for (key, value) in labels.into_iter().flatten() {
+        let field = format!("metadata.labels[{key}]");
+        if !events::qualified_name(key) {
+            errors.push(FieldError::invalid(
+                "metadata.labels",
+                &Value::String(key.clone()),
+                "a valid label key must be a qualified name",
+            ));
+        }
+        let text = value.as_str().unwrap_or_default();
+        let ok = value.is_string()
+            && (text.is_empty()
+                || (text.len() <= 63
+                    && text
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                    && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && text.ends_with(|c: char| c.is_ascii_alphanumeric())));
+        if !ok {
+            errors.push(FieldError::invalid(
+                &field,
+                value,
+                "a valid label must be an empty string or consist of at most 63 alphanumeric characters, '-', '_' or '.'",
+            ));
+        }
+    }
+    for (i, finalizer) in finalizers(obj).iter().enumerate() {
+        if !events::qualified_name(finalizer) {
+            errors.push(FieldError::invalid(
+                &format!("metadata.finalizers[{i}]"),
+                &Value::String(finalizer.clone()),
+                "name part must consist of alphanumeric characters, '-', '_' or '.'",
+            ));
+        }
+    }
+    errors
+}
+
 fn dry_run(q: &Query) -> bool {
     q.get("dryRun").is_some_and(|v| v == "All")
 }
 
+fn is_events(t: &Target) -> bool {
+    t.plural == "events" && (t.group.is_empty() || t.group == "events.k8s.io")
+}
+
 impl State {
-    /// Upserts the managedFields entry for this writer.
-    fn record_manager(
+    /// The server's validation of a write, after its defaults: the object's metadata,
+    /// a custom resource's schema and rules, an Event's own rules. 422 names every field.
+    fn admit(
         &mut self,
-        obj: &mut Value,
         t: &Target,
-        writer: &Writer<'_>,
-        applied: Option<&Value>,
-    ) {
-        let subresource = t.subresource.clone().unwrap_or_default();
-        let mut entries: Vec<Value> = obj
-            .pointer("/metadata/managedFields")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let same = |e: &Value| {
-            e.get("manager").and_then(Value::as_str) == Some(writer.manager.as_str())
-                && e.get("operation").and_then(Value::as_str) == Some(writer.operation)
-                && e.get("subresource").and_then(Value::as_str).unwrap_or("") == subresource
-        };
-        let previous_fields = entries
-            .iter()
-            .find(|e| same(e))
-            .and_then(|e| e.get("fieldsV1").cloned());
-        entries.retain(|e| !same(e));
-        let mut entry = json!({
-            "manager": writer.manager,
-            "operation": writer.operation,
-            "apiVersion": t.api_version(),
-            "time": now_rfc3339(),
-            "fieldsType": "FieldsV1",
-            "fieldsV1": applied.map(|a| fields_v1(a, true)).or(previous_fields).unwrap_or_else(|| json!({})),
-        });
-        if !subresource.is_empty() {
-            entry["subresource"] = Value::String(subresource);
+        info: &TypeInfo,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        let mut errors = label_errors(obj);
+        errors.extend(crd::admit(obj, old, info, &mut self.unevaluated_rules));
+        if is_events(t) {
+            let ns = t.namespace.as_deref().unwrap_or_default();
+            errors.extend(match old {
+                None => events::validate_create(obj, &t.group, ns)?,
+                Some(old) => events::validate_update(obj, old, &t.group, ns)?,
+            });
         }
-        entries.push(entry);
-        meta_mut(obj).insert("managedFields".into(), Value::Array(entries));
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            let name = meta(obj, "name").unwrap_or_default();
+            Err(ApiError::invalid(t, &info.kind, &name, &errors))
+        }
     }
 
-    /// POST to a collection (or server-side apply of a missing object).
-    pub(crate) fn create(
-        &mut self,
-        t: &Target,
-        q: &Query,
-        mut obj: Value,
-        writer: &Writer<'_>,
-    ) -> Reply {
+    /// POST to a collection.
+    pub(crate) fn create(&mut self, t: &Target, q: &Query, mut obj: Value) -> Reply {
         let key = t.key();
-        let info = self.info(&key);
+        let info = self.info(t)?;
         self.check_scope(t, &info)?;
+        if t.subresource.is_some() {
+            return Err(ApiError::method_not_allowed("POST"));
+        }
         if !obj.is_object() {
             return Err(ApiError::bad_request(
                 "the request body must be a JSON object",
@@ -134,30 +161,13 @@ impl State {
         if let Some(kind) = obj
             .get("kind")
             .and_then(Value::as_str)
-            .filter(|k| !k.is_empty())
+            .filter(|k| !k.is_empty() && *k != info.kind)
         {
-            let known = self
-                .types
-                .get(&key)
-                .and_then(|ts| ts.kind.clone())
-                .or_else(|| {
-                    self.config
-                        .kinds
-                        .get(&key.plural)
-                        .cloned()
-                        .or_else(|| builtin(&key.group, &key.plural).map(|b| b.0.to_string()))
-                });
-            match known {
-                Some(known) if known != kind => {
-                    return Err(ApiError::bad_request(format!(
-                        "the kind of the object ({kind}) does not match {known}"
-                    )));
-                }
-                Some(_) => {}
-                None => self.types.entry(key.clone()).or_default().kind = Some(kind.to_string()),
-            }
+            return Err(ApiError::bad_request(format!(
+                "the kind of the object ({kind}) does not match {}",
+                info.kind
+            )));
         }
-        let info = self.info(&key);
         if let Some(av) = obj
             .get("apiVersion")
             .and_then(Value::as_str)
@@ -176,7 +186,7 @@ impl State {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
-        if info.namespaced && self.config.require_namespaces && !self.namespace_exists(&ns) {
+        if info.namespaced && !self.namespace_exists(&ns) {
             let namespaces = Target::parse("/api/v1/namespaces").unwrap_or_else(|| t.clone());
             return Err(ApiError::not_found(&namespaces, &ns));
         }
@@ -195,7 +205,7 @@ impl State {
                     t,
                     &info.kind,
                     "",
-                    "metadata.name: Required value: name or generateName is required",
+                    &[FieldError::required("metadata.name")],
                 ));
             };
             const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -214,7 +224,11 @@ impl State {
                 t,
                 &info.kind,
                 &name,
-                "metadata.name: Invalid value: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'",
+                &[FieldError::invalid(
+                    "metadata.name",
+                    &Value::String(name.clone()),
+                    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'",
+                )],
             ));
         }
         if self.stored(&key, &ns, &name).is_some() {
@@ -251,8 +265,7 @@ impl State {
             m.insert("generation".into(), json!(1));
         }
         normalize_metadata(&mut obj);
-        let applied = (writer.operation == "Apply").then(|| obj.clone());
-        self.record_manager(&mut obj, t, writer, applied.as_ref());
+        self.admit(t, &info, &mut obj, None)?;
         if dry_run(q) {
             return Ok((201, Self::present(t, &info, &obj)));
         }
@@ -261,15 +274,9 @@ impl State {
     }
 
     /// PUT of an object or its status.
-    pub(crate) fn replace(
-        &mut self,
-        t: &Target,
-        q: &Query,
-        body: Value,
-        writer: &Writer<'_>,
-    ) -> Reply {
+    pub(crate) fn replace(&mut self, t: &Target, q: &Query, body: Value) -> Reply {
         let key = t.key();
-        let info = self.info(&key);
+        let info = self.info(t)?;
         self.check_scope(t, &info)?;
         if !body.is_object() {
             return Err(ApiError::bad_request(
@@ -287,95 +294,79 @@ impl State {
             .stored(&key, &ns, &name)
             .cloned()
             .ok_or_else(|| ApiError::not_found(t, &name))?;
-        self.write_existing(t, &info, q, old, body, writer, None)
+        self.write_existing(t, &info, q, old, body)
     }
 
-    /// PATCH of an object or its status, in any of the four patch flavours.
+    /// PATCH of an object or its status with a merge or JSON patch; built-in kinds also
+    /// take strategic merge patches. Server-side apply is not implemented.
     pub(crate) fn patch(
         &mut self,
         t: &Target,
         q: &Query,
         body: &[u8],
         content_type: &str,
-        writer: &mut Writer<'_>,
     ) -> Reply {
         let key = t.key();
-        let info = self.info(&key);
+        let info = self.info(t)?;
         self.check_scope(t, &info)?;
         let name = t.name.clone().unwrap_or_default();
         let ns = t.namespace.clone().unwrap_or_default();
         let media = content_type.split(';').next().unwrap_or("").trim();
+        let custom = info.schema.is_some();
+        let accepted = if custom {
+            "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
+        } else {
+            "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
+        };
         let parse_json = || {
             serde_json::from_slice::<Value>(body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))
         };
         let old = self.stored(&key, &ns, &name).cloned();
         match media {
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
-                let applied: Value = match serde_json::from_slice(body) {
-                    Ok(v) => v,
-                    Err(_) => serde_yaml::from_slice(body)
-                        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
-                };
-                if !q.contains_key("fieldManager") {
-                    return Err(ApiError::bad_request(
-                        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
-                    ));
-                }
-                for field in ["apiVersion", "kind"] {
-                    if applied
-                        .get(field)
-                        .and_then(Value::as_str)
-                        .is_none_or(str::is_empty)
-                    {
-                        return Err(ApiError::bad_request(format!(
-                            "{field} must be set in an applied configuration"
-                        )));
-                    }
-                }
-                writer.operation = "Apply";
-                let Some(old) = old else {
-                    if t.subresource.is_some() {
-                        return Err(ApiError::not_found(t, &name));
-                    }
-                    let mut obj = applied;
-                    meta_mut(&mut obj).insert("name".into(), Value::String(name.clone()));
-                    return self.create(t, q, obj, writer);
-                };
-                let mut merged = old.clone();
-                merge_patch(&mut merged, &applied);
-                self.write_existing(t, &info, q, old, merged, writer, Some(&applied))
-            }
-            "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+            "application/merge-patch+json" => {
                 let patch = parse_json()?;
                 let old = old.ok_or_else(|| ApiError::not_found(t, &name))?;
-                let mut merged = old.clone();
+                let mut merged = self.current(t, &info, &old);
                 merge_patch(&mut merged, &patch);
-                self.write_existing(t, &info, q, old, merged, writer, None)
+                self.write_existing(t, &info, q, old, merged)
+            }
+            // Built-in kinds only: the server refuses strategic merge on custom resources.
+            "application/strategic-merge-patch+json" if !custom => {
+                let patch = parse_json()?;
+                let old = old.ok_or_else(|| ApiError::not_found(t, &name))?;
+                let mut merged = self.current(t, &info, &old);
+                merge_patch(&mut merged, &patch);
+                self.write_existing(t, &info, q, old, merged)
             }
             "application/json-patch+json" => {
                 let patch = parse_json()?;
                 let old = old.ok_or_else(|| ApiError::not_found(t, &name))?;
-                let mut patched = old.clone();
+                let mut patched = self.current(t, &info, &old);
                 json_patch(&mut patched, &patch).map_err(|e| match e {
                     PatchError::Malformed(m) => ApiError::bad_request(m),
                     PatchError::Failed(m) => ApiError::new(422, "Invalid", m),
                 })?;
-                self.write_existing(t, &info, q, old, patched, writer, None)
+                self.write_existing(t, &info, q, old, patched)
             }
-            other => Err(ApiError::new(
-                415,
-                "UnsupportedMediaType",
-                format!(
-                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml; got {other:?}"
-                ),
-            )),
+            "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+                Err(ApiError::unsupported_media_type(
+                    "server-side apply is not implemented by the fake API server",
+                ))
+            }
+            other => Err(ApiError::unsupported_media_type(format!(
+                "the body of the request was in an unknown format - accepted media types include: {accepted}; got {other:?}"
+            ))),
         }
     }
 
+    /// The stored object as a patch sees it: with the defaults a read would show.
+    fn current(&self, t: &Target, info: &TypeInfo, stored: &Value) -> Value {
+        Self::present(t, info, stored)
+    }
+
     /// The shared tail of every update: status/spec separation, server-owned metadata,
-    /// optimistic concurrency, generation, no-op detection and finalization.
-    #[allow(clippy::too_many_arguments)]
+    /// optimistic concurrency, validation, generation, no-op detection and finalization.
     fn write_existing(
         &mut self,
         t: &Target,
@@ -383,8 +374,6 @@ impl State {
         q: &Query,
         old: Value,
         candidate: Value,
-        writer: &Writer<'_>,
-        applied: Option<&Value>,
     ) -> Reply {
         let key = t.key();
         let name = t.name.clone().unwrap_or_default();
@@ -492,12 +481,17 @@ impl State {
                     t,
                     &info.kind,
                     &name,
-                    &format!(
-                        "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
-                    ),
+                    &[FieldError::forbidden(
+                        "metadata.finalizers",
+                        &format!(
+                            "no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+                        ),
+                    )],
                 ));
             }
         }
+        let old_seen = self.current(t, info, &old);
+        self.admit(t, info, &mut new, Some(&old_seen))?;
         if info.tracks_generation && spec_changed(&old, &new, info.status_subresource) {
             let generation = old
                 .pointer("/metadata/generation")
@@ -508,7 +502,6 @@ impl State {
         if new == old {
             return Ok((200, Self::present(t, info, &old)));
         }
-        self.record_manager(&mut new, t, writer, applied);
         if dry_run(q) {
             return Ok((200, Self::present(t, info, &new)));
         }
@@ -525,7 +518,7 @@ impl State {
     /// DELETE of one object: finalizers turn it into a deletionTimestamp update.
     pub(crate) fn delete(&mut self, t: &Target, q: &Query, body: &[u8]) -> Reply {
         let key = t.key();
-        let info = self.info(&key);
+        let info = self.info(t)?;
         self.check_scope(t, &info)?;
         if t.subresource.is_some() {
             return Err(ApiError::method_not_allowed("DELETE"));
@@ -596,7 +589,7 @@ impl State {
         body: &[u8],
         filter: &Filter,
     ) -> Reply {
-        let info = self.info(&t.key());
+        let info = self.info(t)?;
         self.check_scope(t, &info)?;
         let names: Vec<(String, String)> = self
             .collection(t)
