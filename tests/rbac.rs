@@ -1,0 +1,326 @@
+//! The RBAC in `deploy/` is exactly what tend uses. tend runs as deployed (every
+//! namespace) through each way it touches the API; then every request it made must be
+//! allowed by the roles `kubectl kustomize deploy/` renders, bound to its ServiceAccount,
+//! and every permission those roles grant must have been used.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use aws_sdk_ec2::types::InstanceStateName;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use support::fake_kube::RecordedRequest;
+use support::rig::{CONTROLLER_USER, NS, Rig};
+use tend::api::{Phase, SecretKeyRef};
+
+/// Permissions granted although the scenario below never needs them, each with why it
+/// stays. Keep this list short: anything on it is privilege tend might not need.
+const KEPT_UNUSED: &[(&str, &str, &str, &str)] = &[];
+
+/// Paths every authenticated client may read through the default discovery roles.
+const PUBLIC_PATHS: &[&str] = &["/version", "/healthz", "/livez", "/readyz", "/api", "/apis"];
+
+/// Drives tend through everything it does with the API: a Workspace whose user data
+/// comes from a Secret goes Online, is stopped and started, is healed after its
+/// instance is terminated behind tend's back, and is deleted.
+async fn controller_requests() -> Vec<RecordedRequest> {
+    let mut rig = Rig::new().await;
+    // As deployed: tend watches every namespace.
+    rig.args.namespace = None;
+    rig.start_controller().await;
+
+    let secrets: Api<Secret> = Api::namespaced(rig.kube.client(), NS);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "dev-init"},
+        "data": {"userData": "IyEvYmluL3NoCg=="},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let mut ws = rig.ec2_workspace("dev");
+    ws.spec.ec2.as_mut().unwrap().user_data = Some(SecretKeyRef {
+        name: "dev-init".into(),
+        key: None,
+    });
+    rig.create(&ws).await;
+    let online = rig.wait_phase("dev", Phase::Online).await;
+    let first = online.status.unwrap().instance_id.unwrap();
+
+    rig.patch_spec("dev", json!({"desiredState": "Stopped"}))
+        .await;
+    rig.wait_phase("dev", Phase::Stopped).await;
+    rig.patch_spec("dev", json!({"desiredState": "Running"}))
+        .await;
+    rig.wait_phase("dev", Phase::Online).await;
+
+    rig.moto.terminate(&first).await;
+    let healed = rig
+        .wait_ws("dev", "healed on a new instance", |w| {
+            w.status.as_ref().is_some_and(|s| {
+                s.phase == Some(Phase::Online) && s.instance_id.as_deref() != Some(&first)
+            })
+        })
+        .await;
+    let second = healed.status.unwrap().instance_id.unwrap();
+
+    rig.delete("dev").await;
+    rig.wait_gone("dev").await;
+    let instance = rig.moto.instance(&second).await.unwrap();
+    assert_eq!(
+        instance.state().and_then(|s| s.name()),
+        Some(&InstanceStateName::Terminated)
+    );
+    rig.crash_controller().await;
+    rig.kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.user.as_deref() == Some(CONTROLLER_USER))
+        .collect()
+}
+
+/// One RBAC policy rule.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Rule {
+    api_groups: Vec<String>,
+    resources: Vec<String>,
+    verbs: Vec<String>,
+    resource_names: Vec<String>,
+    #[serde(rename = "nonResourceURLs")]
+    non_resource_urls: Vec<String>,
+}
+
+/// A rule bound to tend: in one namespace (a RoleBinding) or everywhere (a
+/// ClusterRoleBinding).
+#[derive(Debug)]
+struct Grant {
+    namespace: Option<String>,
+    source: String,
+    rule: Rule,
+}
+
+fn listed(list: &[String], item: &str) -> bool {
+    list.iter().any(|x| x == "*" || x == item)
+}
+
+impl Grant {
+    fn allows(&self, request: &RecordedRequest) -> bool {
+        let rule = &self.rule;
+        let Some(target) = &request.resource else {
+            return rule.non_resource_urls.iter().any(|u| {
+                u == "*"
+                    || *u == request.path
+                    || u.strip_suffix('*')
+                        .is_some_and(|p| request.path.starts_with(p))
+            }) && listed(&rule.verbs, &request.verb);
+        };
+        let resource = match &target.subresource {
+            Some(sub) => format!("{}/{sub}", target.resource),
+            None => target.resource.clone(),
+        };
+        let in_scope = self.namespace.is_none() || self.namespace == target.namespace;
+        in_scope
+            && listed(&rule.api_groups, &target.group)
+            && listed(&rule.resources, &resource)
+            && listed(&rule.verbs, &request.verb)
+            && (rule.resource_names.is_empty()
+                || target
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| rule.resource_names.contains(n)))
+    }
+}
+
+/// Whether a binding subject is tend's ServiceAccount (directly, or through a group it is in).
+fn names_tend(subject: &Value) -> bool {
+    let (namespace, account) = CONTROLLER_USER
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+        .expect("the controller runs as a ServiceAccount");
+    let name = subject["name"].as_str().unwrap_or_default();
+    match subject["kind"].as_str() {
+        Some("ServiceAccount") => name == account && subject["namespace"] == namespace,
+        Some("User") => name == CONTROLLER_USER,
+        Some("Group") => [
+            "system:authenticated".to_string(),
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{namespace}"),
+        ]
+        .contains(&name.to_string()),
+        _ => false,
+    }
+}
+
+/// Every rule `kubectl kustomize deploy/` binds to tend's ServiceAccount.
+fn grants() -> Vec<Grant> {
+    let rendered = Command::new("kubectl")
+        .args(["kustomize", "deploy/"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("kubectl runs (it renders deploy/)");
+    assert!(
+        rendered.status.success(),
+        "kubectl kustomize deploy/ failed: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let text = String::from_utf8(rendered.stdout).unwrap();
+    let objects: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
+        .collect();
+    let rules =
+        |o: &Value| -> Vec<Rule> { serde_json::from_value(o["rules"].clone()).unwrap_or_default() };
+    let mut cluster_roles = BTreeMap::new();
+    let mut roles = BTreeMap::new();
+    for o in &objects {
+        let name = o["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let namespace = o["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        match o["kind"].as_str() {
+            Some("ClusterRole") => {
+                cluster_roles.insert(name, o.clone());
+            }
+            Some("Role") => {
+                roles.insert((namespace, name), o.clone());
+            }
+            _ => {}
+        }
+    }
+    let mut grants = Vec::new();
+    for binding in &objects {
+        let kind = binding["kind"].as_str().unwrap_or_default();
+        if !matches!(kind, "ClusterRoleBinding" | "RoleBinding") {
+            continue;
+        }
+        let subjects = binding["subjects"].as_array().cloned().unwrap_or_default();
+        if !subjects.iter().any(names_tend) {
+            continue;
+        }
+        let namespace = (kind == "RoleBinding").then(|| {
+            binding["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        });
+        let role_name = binding["roleRef"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let role = match binding["roleRef"]["kind"].as_str() {
+            Some("ClusterRole") => cluster_roles.get(&role_name),
+            Some("Role") if kind == "RoleBinding" => {
+                roles.get(&(namespace.clone().unwrap_or_default(), role_name.clone()))
+            }
+            _ => None,
+        };
+        let role = role.unwrap_or_else(|| panic!("{kind} binds a missing role {role_name}"));
+        let source = format!(
+            "{} {}",
+            role["kind"].as_str().unwrap_or_default(),
+            role_name
+        );
+        for rule in rules(role) {
+            grants.push(Grant {
+                namespace: namespace.clone(),
+                source: source.clone(),
+                rule,
+            });
+        }
+    }
+    grants
+}
+
+/// A request as the permission it needs: `verb group/resource[/subresource] in namespace`.
+fn permission(r: &RecordedRequest) -> String {
+    match &r.resource {
+        None => format!("{} {}", r.verb, r.path),
+        Some(t) => format!(
+            "{} {}/{}{} in {}",
+            r.verb,
+            t.group,
+            t.resource,
+            t.subresource
+                .as_ref()
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default(),
+            t.namespace.as_deref().unwrap_or("every namespace"),
+        ),
+    }
+}
+
+#[tokio::test]
+async fn deploy_rbac_allows_what_tend_does_and_nothing_more() {
+    let grants = grants();
+    let requests = controller_requests().await;
+    assert!(
+        requests.iter().any(|r| r.verb == "watch"),
+        "the controller's requests were recorded"
+    );
+
+    let denied: BTreeSet<String> = requests
+        .iter()
+        .filter(|r| {
+            let public = r.resource.is_none() && PUBLIC_PATHS.contains(&r.path.as_str());
+            !public && !grants.iter().any(|g| g.allows(r))
+        })
+        .map(permission)
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "deploy/ does not let tend do what it does:\n{}",
+        denied.into_iter().collect::<Vec<_>>().join("\n")
+    );
+
+    let mut unused = BTreeSet::new();
+    for grant in &grants {
+        let rule = &grant.rule;
+        let wildcard = [&rule.api_groups, &rule.resources, &rule.verbs]
+            .iter()
+            .any(|list| list.iter().any(|x| x.contains('*')));
+        assert!(
+            !wildcard,
+            "{}: wildcards grant more than tend uses: {rule:?}",
+            grant.source
+        );
+        for group in &rule.api_groups {
+            for resource in &rule.resources {
+                for verb in &rule.verbs {
+                    let used = requests.iter().any(|r| {
+                        let Grant { namespace, .. } = grant;
+                        r.verb == *verb
+                            && r.resource.as_ref().is_some_and(|t| {
+                                let full = match &t.subresource {
+                                    Some(s) => format!("{}/{s}", t.resource),
+                                    None => t.resource.clone(),
+                                };
+                                t.group == *group
+                                    && full == *resource
+                                    && (namespace.is_none() || *namespace == t.namespace)
+                            })
+                    });
+                    let kept = KEPT_UNUSED
+                        .iter()
+                        .any(|(g, res, v, _)| g == group && res == resource && v == verb);
+                    if !used && !kept {
+                        unused.insert(format!("{}: {verb} {group}/{resource}", grant.source));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        unused.is_empty(),
+        "deploy/ grants what tend never uses (remove it, or keep it in KEPT_UNUSED with the reason):\n{}",
+        unused.into_iter().collect::<Vec<_>>().join("\n")
+    );
+}
