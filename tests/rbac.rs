@@ -318,6 +318,21 @@ async fn deploy_rbac_allows_what_tend_does_and_nothing_more() {
             }
         }
     }
+    for (group, resource, verb, why) in KEPT_UNUSED {
+        let granted = grants.iter().any(|g| {
+            [
+                (&g.rule.api_groups, group),
+                (&g.rule.resources, resource),
+                (&g.rule.verbs, verb),
+            ]
+            .iter()
+            .all(|(list, item)| list.iter().any(|x| x == *item))
+        });
+        assert!(
+            granted,
+            "KEPT_UNUSED keeps {verb} {group}/{resource} ({why}), which deploy/ no longer grants"
+        );
+    }
     assert!(
         unused.is_empty(),
         "deploy/ grants what tend never uses (remove it, or keep it in KEPT_UNUSED with the reason):\n{}",

@@ -30,7 +30,9 @@
 //! - **Strategic merge patches of built-in kinds merge like JSON merge patches** (lists
 //!   are replaced, no `$patch` directives). tend sends none.
 //! - **Built-in kinds are not schema-checked or defaulted**, apart from metadata (names,
-//!   labels, finalizers) and Events. tend writes only Events, from k8s-openapi types.
+//!   labels, finalizers; no annotation size limit) and Events, and any version of a
+//!   built-in group is served. tend writes only Events, from k8s-openapi types, and
+//!   reads Secrets.
 //! - **CRDs are taken as given**: not validated on create, versions share one storage
 //!   without conversion, deleting a CRD leaves its objects, no discovery endpoints.
 //!   tend's CRD has one version and is checked against real servers' rules in
@@ -64,6 +66,10 @@
 mod crd;
 #[path = "fake_kube/events.rs"]
 mod events;
+#[path = "fake_kube/field.rs"]
+mod field;
+#[path = "fake_kube/metadata.rs"]
+mod metadata;
 #[path = "fake_kube/patch.rs"]
 mod patch;
 #[path = "fake_kube/resource.rs"]

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use kube::core::cel::{CompiledSchema, ErrorKind, Validator, compile_schema};
 use serde_json::Value;
 
-use super::resource::{FieldError, TypeInfo, type_name};
+use super::field::{FieldError, type_name};
+use super::resource::TypeInfo;
 use super::schema;
 
 /// Where CRDs are stored, as `(group, plural)`.

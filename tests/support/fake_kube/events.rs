@@ -7,7 +7,9 @@
 
 use serde_json::Value;
 
-use super::resource::{ApiError, FieldError};
+use super::field::FieldError;
+use super::metadata;
+use super::resource::ApiError;
 
 const REPORTING_INSTANCE_LIMIT: usize = 128;
 const ACTION_LIMIT: usize = 128;
@@ -134,7 +136,7 @@ fn legacy(event: &Value, namespace: &str, f: &Fields) -> Result<Vec<FieldError>,
     let controller = text(event, f.reporting_controller)?;
     if controller.is_empty() {
         errors.push(FieldError::required(f.reporting_controller));
-    } else if !qualified_name(controller) {
+    } else if !metadata::qualified_name(controller) {
         errors.push(FieldError::invalid(
             f.reporting_controller,
             &Value::String(controller.into()),
@@ -272,21 +274,4 @@ pub(crate) fn validate_update(
         ));
     }
     Ok(errors)
-}
-
-/// A Kubernetes qualified name: an optional DNS subdomain prefix and `/`, then a name of
-/// at most 63 alphanumerics, `-`, `_` or `.`, starting and ending alphanumeric.
-pub(crate) fn qualified_name(value: &str) -> bool {
-    let (prefix, name) = match value.split_once('/') {
-        Some((prefix, name)) => (Some(prefix), name),
-        None => (None, value),
-    };
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    name_ok && prefix.is_none_or(super::write::valid_name)
 }

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::resource::FieldError;
+use super::field::FieldError;
 
 /// Fields every object (and every embedded resource) keeps whatever its schema says;
 /// `metadata` is coerced to `ObjectMeta` separately.

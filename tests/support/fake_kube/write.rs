@@ -4,43 +4,11 @@ use serde_json::{Value, json};
 
 use super::crd;
 use super::events;
+use super::field::FieldError;
+use super::metadata;
 use super::patch::{PatchError, json_patch, merge_patch};
-use super::resource::{ApiError, FieldError, Filter, Query, Reply, Target, TypeInfo};
+use super::resource::{ApiError, Filter, Query, Reply, Target, TypeInfo};
 use super::store::{ChangeType, State, finalizers, meta, meta_mut, now_rfc3339};
-
-/// The fields of `ObjectMeta`; the server drops anything else under `metadata`.
-const OBJECT_META_FIELDS: [&str; 15] = [
-    "name",
-    "generateName",
-    "namespace",
-    "selfLink",
-    "uid",
-    "resourceVersion",
-    "generation",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-    "labels",
-    "annotations",
-    "ownerReferences",
-    "finalizers",
-    "managedFields",
-];
-
-/// Coerces `metadata` to `ObjectMeta`: unknown fields, nulls and empty collections go,
-/// as they do when the server decodes into its typed `ObjectMeta`.
-fn normalize_metadata(obj: &mut Value) {
-    let m = meta_mut(obj);
-    m.retain(|k, v| {
-        OBJECT_META_FIELDS.contains(&k.as_str())
-            && match v {
-                Value::Null => false,
-                Value::Array(a) => !a.is_empty(),
-                Value::Object(o) => !o.is_empty(),
-                _ => true,
-            }
-    });
-}
 
 /// Whether a write changed anything that bumps `metadata.generation`.
 fn spec_changed(old: &Value, new: &Value, ignore_status: bool) -> bool {
@@ -55,59 +23,6 @@ fn spec_changed(old: &Value, new: &Value, ignore_status: bool) -> bool {
         v
     };
     strip(old) != strip(new)
-}
-
-/// A lowercase RFC 1123 subdomain, as object names must be.
-pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
-/// Label keys are qualified names; values are at most 63 characters of the same alphabet.
-fn label_errors(obj: &Value) -> Vec<FieldError> {
-    let mut errors = Vec::new();
-    let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
-    for (key, value) in labels.into_iter().flatten() {
-        let field = format!("metadata.labels[{key}]");
-        if !events::qualified_name(key) {
-            errors.push(FieldError::invalid(
-                "metadata.labels",
-                &Value::String(key.clone()),
-                "a valid label key must be a qualified name",
-            ));
-        }
-        let text = value.as_str().unwrap_or_default();
-        let ok = value.is_string()
-            && (text.is_empty()
-                || (text.len() <= 63
-                    && text
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                    && text.starts_with(|c: char| c.is_ascii_alphanumeric())
-                    && text.ends_with(|c: char| c.is_ascii_alphanumeric())));
-        if !ok {
-            errors.push(FieldError::invalid(
-                &field,
-                value,
-                "a valid label must be an empty string or consist of at most 63 alphanumeric characters, '-', '_' or '.'",
-            ));
-        }
-    }
-    for (i, finalizer) in finalizers(obj).iter().enumerate() {
-        if !events::qualified_name(finalizer) {
-            errors.push(FieldError::invalid(
-                &format!("metadata.finalizers[{i}]"),
-                &Value::String(finalizer.clone()),
-                "name part must consist of alphanumeric characters, '-', '_' or '.'",
-            ));
-        }
-    }
-    errors
 }
 
 fn dry_run(q: &Query) -> bool {
@@ -128,7 +43,7 @@ impl State {
         obj: &mut Value,
         old: Option<&Value>,
     ) -> Result<(), ApiError> {
-        let mut errors = label_errors(obj);
+        let mut errors = metadata::errors(obj);
         errors.extend(crd::admit(obj, old, info, &mut self.unevaluated_rules));
         if is_events(t) {
             let ns = t.namespace.as_deref().unwrap_or_default();
@@ -219,7 +134,7 @@ impl State {
                 }
             }
         }
-        if !valid_name(&name) {
+        if !metadata::valid_name(&name) {
             return Err(ApiError::invalid(
                 t,
                 &info.kind,
@@ -264,7 +179,7 @@ impl State {
         if info.tracks_generation {
             m.insert("generation".into(), json!(1));
         }
-        normalize_metadata(&mut obj);
+        metadata::normalize(&mut obj);
         self.admit(t, &info, &mut obj, None)?;
         if dry_run(q) {
             return Ok((201, Self::present(t, &info, &obj)));
@@ -468,7 +383,7 @@ impl State {
                 };
             }
         }
-        normalize_metadata(&mut new);
+        metadata::normalize(&mut new);
         let deleting = old.pointer("/metadata/deletionTimestamp").is_some();
         if deleting {
             let before = finalizers(&old);
