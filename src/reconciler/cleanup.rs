@@ -1,7 +1,7 @@
 //! Deletion: release the backend step by step, then let the finalizer go.
 
 use super::*;
-use commit::normal;
+use commit::{normal, publish};
 
 /// Deletion: record Deleting, release the backend step by step, then let the
 /// finalizer go.
@@ -47,7 +47,7 @@ pub(super) async fn cleanup(
             action: "Teardown".into(),
             secondary: None,
         };
-        let _ = ctx.recorder.publish(&event, &ws.object_ref(&())).await;
+        publish(ctx, ws, event).await;
     }
     match step? {
         Step::Wait(why) => Err(Error::TeardownInProgress(why)),
@@ -60,10 +60,7 @@ pub(super) async fn cleanup(
                 Some(v) => format!("instance terminated; data volume {v} {kept}"),
                 None => "nothing left to release".to_owned(),
             };
-            let _ = ctx
-                .recorder
-                .publish(&normal("Released", note, "Teardown"), &ws.object_ref(&()))
-                .await;
+            publish(ctx, ws, normal("Released", note, "Teardown")).await;
             info!(workspace = %name, namespace = %ns, "released");
             Ok(Requeue::await_change())
         }
