@@ -10,7 +10,7 @@ mod look;
 mod status;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -182,14 +182,27 @@ pub async fn run(
 async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let ns = ws.namespace().unwrap_or_default();
     let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, ws, |event| async {
+    let released = OnceLock::new();
+    let result = finalizer(&api, FINALIZER, ws.clone(), |event| async {
         match event {
             finalizer::Event::Apply(ws) => apply(&ws, &ctx, &api).await,
-            finalizer::Event::Cleanup(ws) => cleanup(&ws, &ctx, &api).await,
+            finalizer::Event::Cleanup(ws) => {
+                if let Some(r) = cleanup(&ws, &ctx, &api).await? {
+                    let _ = released.set(r);
+                }
+                Ok(Requeue::await_change())
+            }
         }
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
+    // The helper removes the finalizer after a successful cleanup; only once
+    // that removal is persisted is the release true.
+    if result.is_ok()
+        && let Some(r) = released.into_inner()
+    {
+        cleanup::announce(&ws, &ctx, r).await;
+    }
     ctx.metrics
         .reconciled(result.as_ref().err().map(Error::metric_label));
     result
