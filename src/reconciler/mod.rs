@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 use cleanup::cleanup;
 use commit::commit;
 use conditions::Problem;
-use execute::{execute, fail};
+use execute::{execute, fail, user_data_not_found};
 use look::{look, uncertainty};
 
 use crate::api::{
@@ -123,6 +123,18 @@ pub enum Error {
     Illegal(#[from] IllegalTransition),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
+    /// The Secret named by `spec.ec2.userData`, or its key, does not exist
+    /// (yet). The message names both.
+    #[error("{0}")]
+    UserDataNotFound(String),
+    /// The Secret named by `spec.ec2.userData` could not be read (API error,
+    /// timeout, connection).
+    #[error("reading Secret {secret} for spec.ec2.userData: {source}")]
+    UserDataUnreadable {
+        secret: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -145,6 +157,8 @@ impl Error {
             Error::TeardownInProgress(_) => "teardown_in_progress",
             Error::Illegal(_) => "illegal_transition",
             Error::Finalizer(_) => "finalizer",
+            Error::UserDataNotFound(_) => "user_data_not_found",
+            Error::UserDataUnreadable { .. } => "user_data_unreadable",
         }
     }
 }
@@ -185,7 +199,12 @@ async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Requeue, Err
     let released = OnceLock::new();
     let result = finalizer(&api, FINALIZER, ws.clone(), |event| async {
         match event {
-            finalizer::Event::Apply(ws) => apply(&ws, &ctx, &api).await,
+            finalizer::Event::Apply(ws) => match apply(&ws, &ctx, &api).await {
+                Err(Error::UserDataNotFound(message)) => {
+                    user_data_not_found(&ws, &ctx, &api, message).await
+                }
+                other => other,
+            },
             finalizer::Event::Cleanup(ws) => {
                 if let Some(r) = cleanup(&ws, &ctx, &api).await? {
                     let _ = released.set(r);
@@ -360,7 +379,7 @@ async fn apply(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<Re
         }
         _ => steady_requeue(ctx, plan.phase),
     };
-    match execute(ws, ctx, spec, &old, &owner, plan).await {
+    match execute(ws, ctx, spec, &old, &owner, plan).await? {
         Ok(Step::Record(r)) => {
             outcome.record = Some(r);
             requeue = Duration::from_millis(50);
