@@ -149,14 +149,20 @@ impl Error {
         }
     }
 
-    /// Short label for metrics.
+    /// Short label for metrics. Every reconcile runs inside the finalizer
+    /// helper, so an apply's or cleanup's own error is labelled by its cause.
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
             Error::Backend(_) => "backend",
             Error::TeardownInProgress(_) => "teardown_in_progress",
             Error::Illegal(_) => "illegal_transition",
-            Error::Finalizer(_) => "finalizer",
+            Error::Finalizer(f) => match &**f {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
+                    e.metric_label()
+                }
+                _ => "finalizer",
+            },
             Error::UserDataNotFound(_) => "user_data_not_found",
             Error::UserDataUnreadable { .. } => "user_data_unreadable",
         }
@@ -427,4 +433,23 @@ fn ready_reason(status: &WorkspaceStatus) -> Option<&str> {
         .iter()
         .find(|c| c.type_ == condition::READY)
         .map(|c| c.reason.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_inside_the_finalizer_helper_are_labelled_by_their_cause() {
+        let apply = Error::Finalizer(Box::new(finalizer::Error::ApplyFailed(
+            Error::UserDataNotFound("Secret dev-init has no key userData".into()),
+        )));
+        assert_eq!(apply.metric_label(), "user_data_not_found");
+        let cleanup = Error::Finalizer(Box::new(finalizer::Error::CleanupFailed(
+            Error::TeardownInProgress("terminating i-1".into()),
+        )));
+        assert_eq!(cleanup.metric_label(), "teardown_in_progress");
+        let helper = Error::Finalizer(Box::new(finalizer::Error::UnnamedObject));
+        assert_eq!(helper.metric_label(), "finalizer");
+    }
 }
