@@ -2,20 +2,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
+use crate::health::{Readiness, Verdict};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
-    /// Set once the controller runs.
-    pub ready: Arc<AtomicBool>,
+    /// Ready once the controller runs, while its sweeps keep completing.
+    pub ready: Arc<Readiness>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -37,11 +37,13 @@ async fn metrics(State(s): State<HttpState>) -> ([(&'static str, &'static str); 
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
+    let verdict = s.ready.verdict();
+    let status = if verdict == Verdict::Ready {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, verdict.reason())
 }
 
 /// Binds the port; separate from serving so a bad address fails at start-up.

@@ -4,6 +4,7 @@ pub mod api;
 pub mod backend;
 pub mod config;
 pub mod core;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod reconciler;
@@ -11,7 +12,6 @@ pub mod sweep;
 pub mod telemetry;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
@@ -22,6 +22,7 @@ use kube::api::Api;
 use crate::api::Workspace;
 use crate::backend::ec2::{Ec2Backend, Ec2Settings, Limits, Rate};
 use crate::config::RunArgs;
+use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::reconciler::{Context, Settings};
 use crate::sweep::{Snapshot, SweepSettings, Sweeper};
@@ -67,13 +68,13 @@ pub fn tune(builder: aws_sdk_ec2::config::Builder, args: &RunArgs) -> aws_sdk_ec
 }
 
 /// Runs the controller and the sweeper with the given clients until
-/// `shutdown` resolves.
+/// `shutdown` resolves. `ready` holds while the sweeps keep completing.
 pub async fn run_controller(
     args: &RunArgs,
     client: kube::Client,
     ec2: aws_sdk_ec2::Config,
     metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let default_region = ec2.region().map(|r| r.to_string()).unwrap_or_default();
@@ -115,7 +116,11 @@ pub async fn run_controller(
     };
     let controller = reconciler::new_controller(api, args.concurrency);
     let (published, snapshot) = watch::channel(Arc::new(Snapshot::default()));
+    // Each completed sweep publishes a snapshot: readiness watches them.
+    let sweeps = published.subscribe();
     let (wake, woken) = futures::channel::mpsc::unbounded();
+    let sweep_settings = SweepSettings::from_args(args, &default_region);
+    let overdue_after = health::overdue_after(&sweep_settings);
     let sweeper = Sweeper::new(
         backend.clone(),
         sweep_settings,
@@ -124,13 +129,26 @@ pub async fn run_controller(
         wake,
         metrics.clone(),
     );
-    let ctx = Arc::new(Context::new(client, backend, settings, metrics, snapshot));
-    ready.store(true, Ordering::Relaxed);
+    let ctx = Arc::new(Context::new(
+        client,
+        backend,
+        settings,
+        metrics.clone(),
+        snapshot,
+    ));
+    ready.started();
     // Both run inside this one future, so dropping it stops both.
     let cancel = CancellationToken::new();
     let stop_sweeping = cancel.clone();
     tokio::join!(
-        sweeper.run(cancel),
+        health::supervise_sweeper(
+            sweeper.run(cancel.clone()),
+            sweeps,
+            overdue_after,
+            &cancel,
+            &ready,
+            &metrics,
+        ),
         reconciler::run(controller, ctx, woken, async move {
             shutdown.await;
             stop_sweeping.cancel();

@@ -1,8 +1,8 @@
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
 use tend::config::{Cli, Command, RunArgs};
+use tend::health::Readiness;
 use tend::http::{self, HttpState};
 use tend::metrics::Metrics;
 use tracing::{error, info};
@@ -25,7 +25,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     })?;
     let ec2 = tend::ec2_config(&args).await?;
     let metrics = Arc::new(Metrics::default());
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(Readiness::default());
     let state = HttpState {
         metrics: metrics.clone(),
         ready: ready.clone(),

@@ -1,6 +1,7 @@
 //! Prometheus metrics. Names match the flags and concepts they describe.
 
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -71,6 +72,8 @@ pub struct Metrics {
     limiter_wait: Histogram,
     objects_observed: Gauge,
     objects_in_scope: Gauge,
+    last_sweep_completed: Gauge<f64, AtomicU64>,
+    sweep_overdue: Gauge,
 }
 
 impl Default for Metrics {
@@ -90,6 +93,8 @@ impl Default for Metrics {
             limiter_wait: seconds_histogram(0.001),
             objects_observed: Gauge::default(),
             objects_in_scope: Gauge::default(),
+            last_sweep_completed: Gauge::default(),
+            sweep_overdue: Gauge::default(),
             registry: Registry::default(),
         };
         r.register("reconciles", "Reconciles by result", m.reconciles.clone());
@@ -153,6 +158,16 @@ impl Default for Metrics {
             "Workspaces in the sweep's scope",
             m.objects_in_scope.clone(),
         );
+        r.register(
+            "last_sweep_completed_timestamp_seconds",
+            "Unix time at which the last sweep completed (0 before the first)",
+            m.last_sweep_completed.clone(),
+        );
+        r.register(
+            "sweep_overdue",
+            "1 while no sweep has completed for 3 sweep periods, or the sweeper stopped; /readyz fails meanwhile",
+            m.sweep_overdue.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 }
@@ -213,6 +228,10 @@ impl Metrics {
     }
 
     pub fn swept(&self, report: &SweepReport) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_sweep_completed.set(now.as_secs_f64());
         self.sweep_duration.observe(report.duration.as_secs_f64());
         self.limiter_wait
             .observe(report.calls.limiter_wait.as_secs_f64());
@@ -228,6 +247,10 @@ impl Metrics {
                 .get_or_create(&OutcomeLabels { outcome })
                 .inc_by(n as u64);
         }
+    }
+
+    pub fn sweep_overdue(&self, overdue: bool) {
+        self.sweep_overdue.set(i64::from(overdue));
     }
 
     /// The text exposition format.

@@ -341,14 +341,22 @@ async fn user_data_comes_from_the_secret_and_a_missing_secret_is_reported() {
         key: None,
     });
     rig.create(&ws).await;
-    rig.wait_ws("dev", "missing Secret reported", |w| {
-        w.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.message.contains("Secret dev-init"))
+    let waiting = rig
+        .wait_ws("dev", "missing Secret reported", |w| {
+            w.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Ready"
+                        && c.reason == "UserDataNotFound"
+                        && c.message.contains("Secret dev-init")
+                })
+            })
         })
-    })
-    .await;
+        .await;
+    assert_ne!(
+        waiting.status.and_then(|s| s.phase),
+        Some(Phase::Failed),
+        "a missing Secret is waited for, not a failure"
+    );
     assert_eq!(
         rig.proxy.calls("RunInstances"),
         0,

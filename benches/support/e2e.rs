@@ -3,7 +3,6 @@
 //! here). Real time, not simulated.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
@@ -121,7 +120,7 @@ pub async fn run(workspaces: usize) -> E2eResult {
                 client,
                 ec2,
                 metrics,
-                Arc::new(AtomicBool::new(false)),
+                Default::default(),
                 async move {
                     let _ = stopped.await;
                 },

@@ -1,15 +1,24 @@
 //! Deletion: release the backend step by step, then let the finalizer go.
 
 use super::*;
-use commit::normal;
+use commit::{normal, publish};
 
-/// Deletion: record Deleting, release the backend step by step, then let the
-/// finalizer go.
+/// A backend released by a cleanup, to be announced once the finalizer is
+/// gone too: until then a failed finalizer removal keeps the Workspace, and
+/// an event would claim more than is true.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Released {
+    pub note: String,
+}
+
+/// Deletion: record Deleting, release the backend step by step. `Some` once
+/// the backend is released and the finalizer may go; `None` when there was no
+/// backend to release.
 pub(super) async fn cleanup(
     ws: &Workspace,
     ctx: &Context,
     api: &Api<Workspace>,
-) -> Result<Requeue, Error> {
+) -> Result<Option<Released>, Error> {
     let old = ws.status.clone().unwrap_or_default();
     if old.phase != Some(Phase::Deleting) {
         let outcome = Outcome {
@@ -19,7 +28,7 @@ pub(super) async fn cleanup(
         commit(ws, ctx, api, &old, outcome).await?;
     }
     if ws.spec.runtime != Runtime::Ec2 {
-        return Ok(Requeue::await_change());
+        return Ok(None);
     }
     let spec = ws.spec.ec2.clone().unwrap_or_default();
     let uid = ws.uid().unwrap_or_default();
@@ -42,7 +51,7 @@ pub(super) async fn cleanup(
             action: "Teardown".into(),
             secondary: None,
         };
-        let _ = ctx.recorder.publish(&event, &ws.object_ref(&())).await;
+        publish(ctx, ws, event).await;
     }
     match step? {
         Step::Wait(why) => Err(Error::TeardownInProgress(why)),
@@ -55,12 +64,13 @@ pub(super) async fn cleanup(
                 Some(v) => format!("instance terminated; data volume {v} {kept}"),
                 None => "nothing left to release".to_owned(),
             };
-            let _ = ctx
-                .recorder
-                .publish(&normal("Released", note, "Teardown"), &ws.object_ref(&()))
-                .await;
-            info!(workspace = %name, namespace = %ns, "released");
-            Ok(Requeue::await_change())
+            Ok(Some(Released { note }))
         }
     }
+}
+
+/// Announces a release once the finalizer removal is persisted.
+pub(super) async fn announce(ws: &Workspace, ctx: &Context, released: Released) {
+    publish(ctx, ws, normal("Released", released.note, "Teardown")).await;
+    info!(workspace = %ws.name_any(), namespace = ?ws.namespace(), "released");
 }

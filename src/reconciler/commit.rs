@@ -88,9 +88,7 @@ pub(super) async fn commit(
     });
     for mut event in events_for(old, &new, &outcome) {
         event.secondary = instance.clone();
-        if let Err(e) = ctx.recorder.publish(&event, &ws.object_ref(&())).await {
-            warn!(workspace = %ws.name_any(), "could not publish event {}: {e}", event.reason);
-        }
+        publish(ctx, ws, event).await;
     }
     if from != outcome.phase {
         ctx.metrics.transition(outcome.phase);
@@ -202,6 +200,33 @@ pub(super) fn events_for(
     events
 }
 
+/// The longest Event note the API server accepts, in bytes; a longer one is
+/// refused (422) and the event lost.
+const NOTE_LIMIT: usize = 1024;
+
+/// Publishes an event about `ws`, its note cut to what the API server accepts.
+/// The only way tend publishes events. A failure is logged and otherwise
+/// ignored: what the event announces is already persisted.
+pub(super) async fn publish(ctx: &Context, ws: &Workspace, mut event: Event) {
+    if let Some(note) = event.note.as_mut() {
+        fit_note(note);
+    }
+    if let Err(e) = ctx.recorder.publish(&event, &ws.object_ref(&())).await {
+        warn!(workspace = %ws.name_any(), namespace = ?ws.namespace(), "could not publish event {}: {e}", event.reason);
+    }
+}
+
+/// Cuts a note longer than [`NOTE_LIMIT`] at a character boundary and marks
+/// the cut with an ellipsis.
+fn fit_note(note: &mut String) {
+    const CUT: char = '…';
+    if note.len() > NOTE_LIMIT {
+        let end = note.floor_char_boundary(NOTE_LIMIT - CUT.len_utf8());
+        note.truncate(end);
+        note.push(CUT);
+    }
+}
+
 pub(super) fn normal(reason: &str, note: String, action: &str) -> Event {
     Event {
         type_: EventType::Normal,
@@ -209,5 +234,57 @@ pub(super) fn normal(reason: &str, note: String, action: &str) -> Event {
         note: Some(note),
         action: action.to_owned(),
         secondary: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_note_is_left_alone() {
+        let mut note = "é".repeat(NOTE_LIMIT / 2);
+        assert_eq!(note.len(), NOTE_LIMIT);
+        let before = note.clone();
+        fit_note(&mut note);
+        assert_eq!(note, before);
+    }
+
+    #[test]
+    fn a_long_note_is_cut_at_a_character_boundary() {
+        // Every offset of a multi-byte character against the limit: 2, 3 and
+        // 4 bytes, after 0..4 bytes of ASCII.
+        for wide in ["é", "€", "𝄞"] {
+            for lead in 0..4 {
+                let mut note = "a".repeat(lead) + &wide.repeat(NOTE_LIMIT);
+                fit_note(&mut note);
+                assert!(
+                    note.len() <= NOTE_LIMIT,
+                    "{wide} after {lead}: {}",
+                    note.len()
+                );
+                assert!(
+                    note.len() > NOTE_LIMIT - wide.len(),
+                    "{wide} after {lead}: cut too short ({})",
+                    note.len()
+                );
+                assert!(note.ends_with('…'));
+                let kept = note.trim_end_matches('…');
+                assert!(
+                    kept.strip_prefix(&"a".repeat(lead))
+                        .unwrap()
+                        .chars()
+                        .all(|c| c.to_string() == wide)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn one_byte_over_is_cut() {
+        let mut note = "x".repeat(NOTE_LIMIT + 1);
+        fit_note(&mut note);
+        assert_eq!(note.len(), NOTE_LIMIT);
+        assert!(note.ends_with('…'));
     }
 }

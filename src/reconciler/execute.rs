@@ -57,6 +57,13 @@ pub(super) fn failed(outcome: &mut Outcome, phase: Phase, reason: &'static str, 
     outcome.problem = Some(Problem::failure(reason, message));
 }
 
+/// What the backend made of the action it was asked to carry out.
+pub(super) type Attempt = Result<Step, BackendError>;
+
+/// Carries out the plan's action. `Err` when the action could not even be
+/// asked for, because an input tend reads from Kubernetes (the user data) is
+/// missing or unreadable: nothing was sent to the backend, and the reconcile
+/// is retried with backoff.
 pub(super) async fn execute(
     ws: &Workspace,
     ctx: &Context,
@@ -64,10 +71,11 @@ pub(super) async fn execute(
     old: &WorkspaceStatus,
     owner: &Owner<'_>,
     plan: Plan,
-) -> Result<Step, BackendError> {
-    match plan.action {
+) -> Result<Attempt, Error> {
+    Ok(match plan.action {
         Action::None | Action::Teardown => Ok(Step::Done),
         Action::Provision => {
+            // Only the launch itself needs the user data.
             let user_data = if old.instance_id.is_none() && old.launch_number.is_some() {
                 read_user_data(ws, ctx, spec).await?
             } else {
@@ -88,16 +96,18 @@ pub(super) async fn execute(
         Action::Replace => Ok(Step::Record(Record::LaunchReserved(
             old.launch_number.unwrap_or(0) + 1,
         ))),
-    }
+    })
 }
 
 /// Reads user data from the referenced Secret, base64-encoded for RunInstances.
-/// The content is never logged.
+/// A Secret or key that does not exist (yet) is `UserDataNotFound`; any other
+/// failure to read it is `UserDataUnreadable`, retried. The content is never
+/// logged.
 pub(super) async fn read_user_data(
     ws: &Workspace,
     ctx: &Context,
     spec: &api::Ec2Spec,
-) -> Result<Option<String>, BackendError> {
+) -> Result<Option<String>, Error> {
     use base64::Engine;
     let Some(r) = &spec.user_data else {
         return Ok(None);
@@ -108,29 +118,45 @@ pub(super) async fn read_user_data(
     let secret = secrets
         .get_opt(&r.name)
         .await
-        .map_err(|e| {
-            BackendError::Invalid(format!(
-                "reading Secret {} for spec.ec2.userData: {e}",
-                r.name
-            ))
-        })?
-        .ok_or_else(|| {
-            BackendError::Invalid(format!(
-                "Secret {} for spec.ec2.userData does not exist",
-                r.name
-            ))
+        .map_err(|source| Error::UserDataUnreadable {
+            secret: r.name.clone(),
+            source,
         })?;
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .ok_or_else(|| {
-            BackendError::Invalid(format!(
-                "Secret {} has no key {key} for spec.ec2.userData",
-                r.name
-            ))
-        })?;
+    let Some(secret) = secret else {
+        return Err(Error::UserDataNotFound(format!(
+            "Secret {} does not exist; spec.ec2.userData wants its key {key}, and the launch waits for it",
+            r.name
+        )));
+    };
+    let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(key)) else {
+        return Err(Error::UserDataNotFound(format!(
+            "Secret {} has no key {key} for spec.ec2.userData; the launch waits for it",
+            r.name
+        )));
+    };
     Ok(Some(
         base64::engine::general_purpose::STANDARD.encode(&bytes.0),
     ))
+}
+
+/// Reports user data that is not there (yet) as `Ready=False` with reason
+/// `UserDataNotFound`, in the phase the Workspace is in, and hands the error
+/// back so the reconcile is retried with backoff: once the Secret has the key,
+/// the launch goes on.
+pub(super) async fn user_data_not_found(
+    ws: &Workspace,
+    ctx: &Context,
+    api: &Api<Workspace>,
+    message: String,
+) -> Result<Requeue, Error> {
+    let old = ws.status.clone().unwrap_or_default();
+    let outcome = Outcome {
+        problem: Some(Problem::failure("UserDataNotFound", message.clone())),
+        ..Outcome::quiet(
+            old.phase.unwrap_or(Phase::Pending),
+            action_name(Action::Provision),
+        )
+    };
+    commit(ws, ctx, api, &old, outcome).await?;
+    Err(Error::UserDataNotFound(message))
 }

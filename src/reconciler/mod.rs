@@ -10,7 +10,7 @@ mod look;
 mod status;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 use cleanup::cleanup;
 use commit::commit;
 use conditions::Problem;
-use execute::{execute, fail};
+use execute::{execute, fail, user_data_not_found};
 use look::{look, uncertain_since, uncertainty};
 
 use crate::api::{
@@ -126,6 +126,18 @@ pub enum Error {
     Illegal(#[from] IllegalTransition),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
+    /// The Secret named by `spec.ec2.userData`, or its key, does not exist
+    /// (yet). The message names both.
+    #[error("{0}")]
+    UserDataNotFound(String),
+    /// The Secret named by `spec.ec2.userData` could not be read (API error,
+    /// timeout, connection).
+    #[error("reading Secret {secret} for spec.ec2.userData: {source}")]
+    UserDataUnreadable {
+        secret: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -140,14 +152,22 @@ impl Error {
         }
     }
 
-    /// Short label for metrics.
+    /// Short label for metrics. Every reconcile runs inside the finalizer
+    /// helper, so an apply's or cleanup's own error is labelled by its cause.
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
             Error::Backend(_) => "backend",
             Error::TeardownInProgress(_) => "teardown_in_progress",
             Error::Illegal(_) => "illegal_transition",
-            Error::Finalizer(_) => "finalizer",
+            Error::Finalizer(f) => match &**f {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
+                    e.metric_label()
+                }
+                _ => "finalizer",
+            },
+            Error::UserDataNotFound(_) => "user_data_not_found",
+            Error::UserDataUnreadable { .. } => "user_data_unreadable",
         }
     }
 }
@@ -185,14 +205,32 @@ pub async fn run(
 async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let ns = ws.namespace().unwrap_or_default();
     let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, ws, |event| async {
+    let released = OnceLock::new();
+    let result = finalizer(&api, FINALIZER, ws.clone(), |event| async {
         match event {
-            finalizer::Event::Apply(ws) => apply(&ws, &ctx, &api).await,
-            finalizer::Event::Cleanup(ws) => cleanup(&ws, &ctx, &api).await,
+            finalizer::Event::Apply(ws) => match apply(&ws, &ctx, &api).await {
+                Err(Error::UserDataNotFound(message)) => {
+                    user_data_not_found(&ws, &ctx, &api, message).await
+                }
+                other => other,
+            },
+            finalizer::Event::Cleanup(ws) => {
+                if let Some(r) = cleanup(&ws, &ctx, &api).await? {
+                    let _ = released.set(r);
+                }
+                Ok(Requeue::await_change())
+            }
         }
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
+    // The helper removes the finalizer after a successful cleanup; only once
+    // that removal is persisted is the release true.
+    if result.is_ok()
+        && let Some(r) = released.into_inner()
+    {
+        cleanup::announce(&ws, &ctx, r).await;
+    }
     ctx.metrics
         .reconciled(result.as_ref().err().map(Error::metric_label));
     result
@@ -382,7 +420,7 @@ async fn apply(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<Re
     if let Some(left) = stale_in.filter(|left| !left.is_zero()) {
         requeue = requeue.min(left + Duration::from_millis(50));
     }
-    match execute(ws, ctx, spec, &old, &owner, plan).await {
+    match execute(ws, ctx, spec, &old, &owner, plan).await? {
         Ok(Step::Record(r)) => {
             outcome.record = Some(r);
             requeue = Duration::from_millis(50);
@@ -433,4 +471,23 @@ fn ready_reason(status: &WorkspaceStatus) -> Option<&str> {
         .iter()
         .find(|c| c.type_ == condition::READY)
         .map(|c| c.reason.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_inside_the_finalizer_helper_are_labelled_by_their_cause() {
+        let apply = Error::Finalizer(Box::new(finalizer::Error::ApplyFailed(
+            Error::UserDataNotFound("Secret dev-init has no key userData".into()),
+        )));
+        assert_eq!(apply.metric_label(), "user_data_not_found");
+        let cleanup = Error::Finalizer(Box::new(finalizer::Error::CleanupFailed(
+            Error::TeardownInProgress("terminating i-1".into()),
+        )));
+        assert_eq!(cleanup.metric_label(), "teardown_in_progress");
+        let helper = Error::Finalizer(Box::new(finalizer::Error::UnnamedObject));
+        assert_eq!(helper.metric_label(), "finalizer");
+    }
 }

@@ -2,13 +2,13 @@
 //! moto (behind the fault proxy), with short intervals so tests move quickly.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tend::api::{Phase, Workspace};
 use tend::config::RunArgs;
+use tend::health::Readiness;
 use tend::metrics::Metrics;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -137,7 +137,7 @@ impl Rig {
                 client,
                 ec2,
                 metrics,
-                Arc::new(AtomicBool::new(false)),
+                Arc::new(Readiness::default()),
                 shutdown,
             )
             .await;
