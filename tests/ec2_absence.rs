@@ -94,45 +94,64 @@ fn ready_reason(ws: &Workspace) -> String {
 #[tokio::test]
 async fn a_mass_absence_is_held_until_a_retry_annotation() {
     let rig = Rig::start().await;
-    for i in 0..10 {
-        rig.create(&rig.ec2_workspace(&format!("ws{i}"))).await;
+    let names: Vec<String> = (0..10).map(|i| format!("ws{i}")).collect();
+    for name in &names {
+        rig.create(&rig.ec2_workspace(name)).await;
     }
-    for i in 0..10 {
-        rig.wait_phase(&format!("ws{i}"), Phase::Online).await;
+    for name in &names {
+        rig.wait_phase(name, Phase::Online).await;
     }
     // Every instance vanishes at once, as when tend is pointed at the wrong
     // account or endpoint: not found by id, no terminated state listed.
     rig.moto.reset().await;
-    for i in 0..10 {
-        let held = rig
-            .wait_ws(&format!("ws{i}"), "SuspectedProviderOutage", |w| {
-                has_condition(w, "Ready", "Unknown", "SuspectedProviderOutage")
-            })
-            .await;
-        let (_, _, message) = condition(&held, "Ready").unwrap();
+    // moto names one unknown id per describe by id, so on a slow machine the
+    // absences may be proven over more than one sweep; the first two (20%,
+    // not more) may then pass before the group trips. Every other one is held.
+    let settled = |w: &Workspace| {
+        has_condition(w, "Ready", "Unknown", "SuspectedProviderOutage")
+            || w.status.as_ref().and_then(|s| s.phase) != Some(Phase::Online)
+    };
+    for name in &names {
+        rig.wait_ws(name, "held or acted upon", settled).await;
+    }
+    let held: Vec<&String> = names
+        .iter()
+        .filter(|n| ready_reason(&rig.get(n).unwrap()) == "SuspectedProviderOutage")
+        .collect();
+    assert!(held.len() >= 8, "{held:?}");
+    for name in &held {
+        let (_, _, message) = condition(&rig.get(name).unwrap(), "Ready").unwrap();
         assert!(message.contains("tend.dev/retry"), "{message}");
-        assert_eq!(held.status.unwrap().phase, Some(Phase::Online));
     }
     // Well past the three sweeps that release an ordinary held death.
     let swept = rig.sweeps();
     rig.wait_sweeps(swept + 6).await;
-    for i in 0..10 {
-        let ws = rig.get(&format!("ws{i}")).unwrap();
-        assert_eq!(ws.status.as_ref().unwrap().phase, Some(Phase::Online));
-        assert_eq!(ready_reason(&ws), "SuspectedProviderOutage");
+    for name in &held {
+        let ws = rig.get(name).unwrap();
+        assert_eq!(
+            ws.status.as_ref().unwrap().phase,
+            Some(Phase::Online),
+            "{name}"
+        );
+        assert_eq!(ready_reason(&ws), "SuspectedProviderOutage", "{name}");
     }
-    // A human looks and says: act on ws0.
-    annotate(&rig, "ws0", "tend.dev/retry", "1").await;
-    rig.wait_ws("ws0", "ws0 acted upon", |w| {
+    // A human looks and says: act on the first held one.
+    let (first, rest) = held.split_first().unwrap();
+    annotate(&rig, first, "tend.dev/retry", "1").await;
+    rig.wait_ws(first, "acted upon", |w| {
         w.status
             .as_ref()
             .is_some_and(|s| s.phase != Some(Phase::Online))
     })
     .await;
-    rig.wait_event("ws0", "InstanceNotFound").await;
-    for i in 1..10 {
-        let ws = rig.get(&format!("ws{i}")).unwrap();
-        assert_eq!(ws.status.as_ref().unwrap().phase, Some(Phase::Online));
+    rig.wait_event(first, "InstanceNotFound").await;
+    for name in rest {
+        let ws = rig.get(name).unwrap();
+        assert_eq!(
+            ws.status.as_ref().unwrap().phase,
+            Some(Phase::Online),
+            "{name}"
+        );
     }
 }
 
