@@ -63,15 +63,16 @@ async fn an_omission_whose_confirmation_fails_is_unknown() {
     let rig = Rig::start().await;
     let ws = online(&rig, "dev").await;
     let id = instance_of(&ws);
-    rig.moto.terminate(&id).await;
     // The filtered answer leaves it out, and asking by id is throttled: no
-    // clean answer either way, even though the instance is really dead.
+    // clean answer either way, even though the instance is really dead. The
+    // faults come first, so that no sweep sees the death in between.
     leave_out_of_filtered_answers(&rig, &id);
     rig.proxy.inject(
         FaultRule::on("DescribeInstances")
             .mentioning(&id)
             .throttle(),
     );
+    rig.moto.terminate(&id).await;
     let unknown = rig
         .wait_ws("dev", "BackendRunning=Unknown", |w| {
             has_condition(w, "BackendRunning", "Unknown", "ObservationFailed")
