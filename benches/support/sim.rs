@@ -259,12 +259,7 @@ impl Describer for SimEc2 {
         if unknown.is_empty() {
             return Ok(listed);
         }
-        Err(AwsError {
-            operation: "DescribeInstances",
-            kind: AwsErrorKind::NotFound,
-            code: Some("InvalidInstanceID.NotFound".into()),
-            message: format!("The instance IDs '{}' do not exist", unknown.join(", ")),
-        })
+        Err(AwsError::instances_not_found(&unknown))
     }
 }
 

@@ -107,12 +107,7 @@ impl Describer for Scripted {
         if self.name_first_only {
             unknown.truncate(1);
         }
-        Err(AwsError {
-            operation: "DescribeInstances",
-            kind: AwsErrorKind::NotFound,
-            code: Some("InvalidInstanceID.NotFound".into()),
-            message: format!("The instance IDs '{}' do not exist", unknown.join(", ")),
-        })
+        Err(AwsError::instances_not_found(&unknown))
     }
 }
 

@@ -88,6 +88,17 @@ impl AwsError {
         }
     }
 
+    /// What EC2 answers a describe naming unknown instance ids: the whole
+    /// call fails, naming every unknown id. For simulations and tests.
+    pub fn instances_not_found(ids: &[&str]) -> Self {
+        AwsError {
+            operation: "DescribeInstances",
+            kind: AwsErrorKind::NotFound,
+            code: Some("InvalidInstanceID.NotFound".into()),
+            message: format!("The instance IDs '{}' do not exist", ids.join(", ")),
+        }
+    }
+
     /// An answer that parsed but lacks what EC2 always sends.
     pub fn malformed(operation: &'static str, what: &str) -> Self {
         AwsError {
