@@ -11,6 +11,7 @@ mod ownership;
 mod provision;
 mod state;
 mod teardown;
+mod volume;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,13 +23,16 @@ use aws_sdk_ec2::types::{
     Filter, HibernationOptionsRequest, IamInstanceProfileSpecification, Instance,
     InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceStateName,
     LaunchTemplateSpecification, MarketType, ResourceType, SpotInstanceType, SpotMarketOptions,
-    Tag, TagSpecification, Volume, VolumeState, VolumeType,
+    Volume, VolumeState, VolumeType,
 };
 use jiff::Timestamp;
 
 pub use errors::{AwsError, AwsErrorKind, kind_of_code};
 pub use limits::{Family, Limits, Rate, TokenBucket};
-pub use ownership::{Owner, TAG_CLUSTER, TAG_LAUNCH, TAG_NAME, TAG_NAMESPACE, TAG_UID};
+pub use ownership::{
+    Owner, TAG_CLUSTER, TAG_LAUNCH, TAG_NAME, TAG_NAMESPACE, TAG_UID, TAG_VOLUME, VOLUME_DATA,
+    VOLUME_ROOT,
+};
 pub use state::{classify_instance, classify_missing};
 
 use crate::api::{Ec2Spec, ReclaimPolicy, SpotInterruptionBehavior, WorkspaceStatus};

@@ -1,4 +1,4 @@
-//! Launching: the data volume, the instance, attaching, starting and stopping.
+//! Launching: the instance on its data volume, attaching, starting and stopping.
 
 use super::describe::{describe_instance, describe_volume};
 use super::*;
@@ -15,7 +15,9 @@ impl Ec2Backend {
         let client = self.client(spec, status);
         let (Some(volume_id), Some(zone)) = (&status.volume_id, &status.availability_zone) else {
             let region = self.region_of(spec, status);
-            return self.ensure_volume(&client, region, spec, owner).await;
+            return self
+                .ensure_volume(&client, region, spec, status, owner)
+                .await;
         };
         let Some(instance_id) = &status.instance_id else {
             let Some(number) = status.launch_number else {
@@ -75,62 +77,6 @@ impl Ec2Backend {
         }
     }
 
-    async fn ensure_volume(
-        &self,
-        client: &Ec2Region,
-        region: &str,
-        spec: &Ec2Spec,
-        owner: &Owner<'_>,
-    ) -> Result<Step, BackendError> {
-        // A volume created by an earlier attempt that never reached status.
-        let existing = client
-            .call(
-                Family::Read,
-                "DescribeVolumes",
-                client
-                    .describe_volumes()
-                    .filters(tag_filter(TAG_UID, owner.uid))
-                    .filters(tag_filter(TAG_CLUSTER, owner.cluster))
-                    .send(),
-            )
-            .await?;
-        if let Some(volume) = existing.volumes().iter().find(|v| {
-            !matches!(
-                v.state(),
-                Some(VolumeState::Deleting | VolumeState::Deleted)
-            )
-        }) {
-            return volume_record(volume, region);
-        }
-        let zone = subnet_zone(client, &spec.subnet_id).await?;
-        let v = &spec.volume;
-        let created = client
-            .call(
-                Family::Mutate,
-                "CreateVolume",
-                client
-                    .create_volume()
-                    .availability_zone(&zone)
-                    .size(v.size_gib)
-                    .volume_type(VolumeType::from(v.volume_type.as_str()))
-                    .set_iops(v.iops)
-                    .set_throughput(v.throughput)
-                    .tag_specifications(owner.tag_spec(ResourceType::Volume, spec, None))
-                    .customize()
-                    .config_override(single_attempt())
-                    .send(),
-            )
-            .await?;
-        let id = created
-            .volume_id()
-            .ok_or_else(|| AwsError::malformed("CreateVolume", "no volume id"))?;
-        Ok(Step::Record(Record::Volume {
-            id: id.to_owned(),
-            region: region.to_owned(),
-            zone,
-        }))
-    }
-
     async fn launch(
         &self,
         client: &Ec2Region,
@@ -155,7 +101,21 @@ impl Ec2Backend {
             .set_image_id(spec.image_id.clone())
             .set_key_name(spec.key_name.clone())
             .set_user_data(user_data)
-            .tag_specifications(owner.tag_spec(ResourceType::Instance, spec, Some(number)));
+            // Everything RunInstances creates carries the ownership tags: the
+            // IAM policy allows creating each only with them.
+            .tag_specifications(owner.tag_spec(ResourceType::Instance, spec, Some(number), None))
+            .tag_specifications(owner.tag_spec(
+                ResourceType::Volume,
+                spec,
+                Some(number),
+                Some(VOLUME_ROOT),
+            ))
+            .tag_specifications(owner.tag_spec(
+                ResourceType::NetworkInterface,
+                spec,
+                Some(number),
+                None,
+            ));
         if let Some(t) = &spec.instance_type {
             run = run.instance_type(t.as_str().into());
         }
@@ -320,35 +280,6 @@ fn launched_record(
     }))
 }
 
-fn volume_record(volume: &Volume, region: &str) -> Result<Step, BackendError> {
-    let id = volume
-        .volume_id()
-        .ok_or_else(|| AwsError::malformed("DescribeVolumes", "volume without id"))?;
-    let zone = volume
-        .availability_zone()
-        .ok_or_else(|| AwsError::malformed("DescribeVolumes", "volume without zone"))?;
-    Ok(Step::Record(Record::Volume {
-        id: id.to_owned(),
-        region: region.to_owned(),
-        zone: zone.to_owned(),
-    }))
-}
-
-async fn subnet_zone(client: &Ec2Region, subnet_id: &str) -> Result<String, BackendError> {
-    let out = client
-        .call(
-            Family::Read,
-            "DescribeSubnets",
-            client.describe_subnets().subnet_ids(subnet_id).send(),
-        )
-        .await?;
-    out.subnets()
-        .first()
-        .and_then(|s| s.availability_zone())
-        .map(str::to_owned)
-        .ok_or_else(|| AwsError::malformed("DescribeSubnets", "subnet without zone").into())
-}
-
 /// The spec's subnet if it lies in `zone`, else another subnet of the same VPC
 /// there: an EBS volume attaches only to an instance in its own zone.
 async fn subnet_in_zone(
@@ -417,26 +348,4 @@ fn spot_options(spot: &crate::api::SpotOptions) -> InstanceMarketOptionsRequest 
         .market_type(MarketType::Spot)
         .spot_options(opts.build())
         .build()
-}
-
-/// Tags as EC2 types.
-fn tags(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<Tag> {
-    pairs
-        .into_iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).build())
-        .collect()
-}
-
-impl Owner<'_> {
-    fn tag_spec(
-        &self,
-        resource: ResourceType,
-        spec: &Ec2Spec,
-        launch: Option<u32>,
-    ) -> TagSpecification {
-        TagSpecification::builder()
-            .resource_type(resource)
-            .set_tags(Some(tags(self.tags(&spec.tags, launch))))
-            .build()
-    }
 }

@@ -1,0 +1,178 @@
+//! Provisioning an ec2 Workspace safely: idempotency tokens and tags the
+//! IAM policy can rely on.
+
+#[path = "ec2_provisioning/iam.rs"]
+mod iam;
+mod support;
+
+use aws_sdk_ec2::types::Volume;
+use support::faults::Call;
+use support::moto::filter;
+use support::rig::{CLUSTER, Rig};
+use tend::api::{Phase, Workspace};
+
+const UID_TAG: &str = "tend.dev/workspace-uid";
+
+fn calls(rig: &Rig, action: &str) -> Vec<Call> {
+    rig.proxy
+        .call_log()
+        .into_iter()
+        .filter(|c| c.action == action)
+        .collect()
+}
+
+fn param<'a>(call: &'a Call, key: &str) -> Option<&'a str> {
+    call.params.get(key).map(String::as_str)
+}
+
+fn uid(ws: &Workspace) -> String {
+    ws.metadata.uid.clone().expect("uid")
+}
+
+fn status_of(ws: &Workspace) -> tend::api::WorkspaceStatus {
+    ws.status.clone().expect("status")
+}
+
+/// Every volume in moto tagged with this uid, root volumes included.
+async fn volumes_tagged(rig: &Rig, uid: &str) -> Vec<Volume> {
+    rig.moto
+        .ec2()
+        .describe_volumes()
+        .filters(filter(&format!("tag:{UID_TAG}"), uid))
+        .send()
+        .await
+        .expect("DescribeVolumes")
+        .volumes()
+        .to_vec()
+}
+
+fn tag<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
+    tags.iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+async fn online(rig: &Rig, ws: &Workspace) -> Workspace {
+    let name = ws.metadata.name.as_deref().expect("name");
+    rig.create(ws).await;
+    rig.wait_phase(name, Phase::Online).await
+}
+
+#[test]
+fn the_iam_policy_allows_creating_nothing_untagged() {
+    let policy = iam::Policy::load();
+    for (action, resource) in [
+        ("ec2:RunInstances", "instance"),
+        ("ec2:RunInstances", "volume"),
+        ("ec2:RunInstances", "network-interface"),
+        ("ec2:CreateVolume", "volume"),
+    ] {
+        let statements = policy.conditions(action, resource);
+        assert!(
+            !statements.is_empty(),
+            "{action} on {resource} is not allowed"
+        );
+        for required in statements {
+            assert!(
+                required.iter().any(|r| r.key == "tend.dev/cluster"),
+                "{action} on {resource} is allowed without the tend.dev/cluster request tag"
+            );
+        }
+        let tag_on_create = policy.conditions("ec2:CreateTags", resource);
+        assert!(
+            !tag_on_create.is_empty(),
+            "tagging {resource} on creation is not allowed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_create_call_carries_the_tags_the_iam_policy_requires() {
+    let rig = Rig::start().await;
+    let first = online(&rig, &rig.ec2_workspace("dev")).await;
+    let old = status_of(&first).instance_id.unwrap();
+    rig.moto.terminate(&old).await;
+    rig.wait_ws("dev", "online on a replacement", |w| {
+        w.status.as_ref().is_some_and(|s| {
+            s.phase == Some(Phase::Online) && s.instance_id.as_deref() != Some(&old)
+        })
+    })
+    .await;
+
+    let policy = iam::Policy::load();
+    let mut checked = std::collections::BTreeSet::new();
+    let creates = [
+        (
+            "RunInstances",
+            &["instance", "volume", "network-interface"][..],
+        ),
+        ("CreateVolume", &["volume"][..]),
+    ];
+    for (action, creates) in creates {
+        let seen = calls(&rig, action);
+        assert!(!seen.is_empty(), "no {action} call");
+        for call in seen {
+            let tagged = iam::tag_specifications(&call.params);
+            for resource in creates {
+                for required in policy.conditions(&format!("ec2:{action}"), resource) {
+                    for r in required {
+                        let tags = tagged.get(*resource).unwrap_or_else(|| {
+                            panic!("{action} does not tag its {resource}: {tagged:?}")
+                        });
+                        let value = tags.get(&r.key).unwrap_or_else(|| {
+                            panic!("{action} tags its {resource} without {}: {tags:?}", r.key)
+                        });
+                        if let Some(wanted) = &r.value {
+                            assert_eq!(value, wanted, "{action} {resource} tag {}", r.key);
+                        }
+                        checked.insert((action, *resource));
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked.len(), 4, "only these were checked: {checked:?}");
+
+    // The data volume and the root volumes carry the same ownership tags;
+    // only the marker tells them apart.
+    let status = status_of(&rig.get("dev").unwrap());
+    let data = status.volume_id.unwrap();
+    for volume in volumes_tagged(&rig, &uid(&first)).await {
+        let id = volume.volume_id().unwrap();
+        let role = tag(volume.tags(), "tend.dev/volume");
+        assert_eq!(role, Some(if id == data { "data" } else { "root" }), "{id}");
+        assert_eq!(tag(volume.tags(), "tend.dev/cluster"), Some(CLUSTER));
+    }
+}
+
+#[tokio::test]
+async fn create_volume_and_run_instances_carry_distinct_idempotency_tokens() {
+    let rig = Rig::start().await;
+    let ws = online(&rig, &rig.ec2_workspace("dev")).await;
+    let uid = uid(&ws);
+    let volume_tokens: Vec<String> = calls(&rig, "CreateVolume")
+        .iter()
+        .map(|c| {
+            param(c, "ClientToken")
+                .expect("CreateVolume ClientToken")
+                .to_owned()
+        })
+        .collect();
+    let launch_tokens: Vec<String> = calls(&rig, "RunInstances")
+        .iter()
+        .map(|c| {
+            param(c, "ClientToken")
+                .expect("RunInstances ClientToken")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(volume_tokens.len(), 1);
+    for token in volume_tokens.iter().chain(&launch_tokens) {
+        assert!(token.len() <= 64 && token.is_ascii(), "{token}");
+        assert!(token.contains(&uid), "{token} is not derived from the uid");
+    }
+    assert!(
+        !launch_tokens.contains(&volume_tokens[0]),
+        "{volume_tokens:?} {launch_tokens:?}"
+    );
+}
