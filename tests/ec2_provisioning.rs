@@ -1,12 +1,12 @@
-//! Provisioning an ec2 Workspace safely: idempotency tokens and tags the
-//! IAM policy can rely on.
+//! Provisioning an ec2 Workspace safely: idempotency tokens, including a
+//! token spent on other parameters, and tags the IAM policy can rely on.
 
 #[path = "ec2_provisioning/iam.rs"]
 mod iam;
 mod support;
 
 use aws_sdk_ec2::types::Volume;
-use support::faults::Call;
+use support::faults::{Call, FaultRule};
 use support::moto::filter;
 use support::rig::{CLUSTER, Rig};
 use tend::api::{Phase, Workspace};
@@ -175,4 +175,62 @@ async fn create_volume_and_run_instances_carry_distinct_idempotency_tokens() {
         !launch_tokens.contains(&volume_tokens[0]),
         "{volume_tokens:?} {launch_tokens:?}"
     );
+}
+
+#[tokio::test]
+async fn token_mismatch_on_run_instances_moves_to_a_new_launch_number() {
+    let rig = Rig::start().await;
+    // EC2's answer to a ClientToken reused with other parameters, e.g. a
+    // spec edited between a lost answer and its retry.
+    rig.proxy
+        .inject(FaultRule::on("RunInstances").times(1).error_code(
+        400,
+        "IdempotentParameterMismatch",
+        "The client token you have provided is associated with a resource that is already deleted.",
+    ));
+    let ws = online(&rig, &rig.ec2_workspace("dev")).await;
+    let status = status_of(&ws);
+    assert_eq!(status.launch_number, Some(2));
+    let tokens: Vec<String> = calls(&rig, "RunInstances")
+        .iter()
+        .filter_map(|c| param(c, "ClientToken").map(str::to_owned))
+        .collect();
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    assert_ne!(tokens[0], tokens[1], "the spent token is not reused");
+    let reasons = rig.event_reasons("dev");
+    assert!(
+        !reasons.iter().any(|r| r == "LaunchFailed" || r == "Failed"),
+        "{reasons:?}"
+    );
+    assert_eq!(rig.instances_of(&ws).await.len(), 1);
+}
+
+#[tokio::test]
+async fn token_mismatch_on_create_volume_moves_to_a_new_token() {
+    let rig = Rig::start().await;
+    rig.proxy
+        .inject(FaultRule::on("CreateVolume").times(1).error_code(
+            400,
+            "IdempotentParameterMismatch",
+            "token reused",
+        ));
+    let ws = online(&rig, &rig.ec2_workspace("dev")).await;
+    let tokens: Vec<String> = calls(&rig, "CreateVolume")
+        .iter()
+        .map(|c| param(c, "ClientToken").expect("ClientToken").to_owned())
+        .collect();
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    assert_ne!(tokens[0], tokens[1]);
+    let reasons = rig.event_reasons("dev");
+    assert!(
+        !reasons.iter().any(|r| r == "LaunchFailed" || r == "Failed"),
+        "{reasons:?}"
+    );
+    let data: Vec<_> = volumes_tagged(&rig, &uid(&ws))
+        .await
+        .into_iter()
+        .filter(|v| tag(v.tags(), "tend.dev/volume") != Some("root"))
+        .collect();
+    assert_eq!(data.len(), 1, "{data:?}");
+    assert_eq!(data[0].volume_id(), status_of(&ws).volume_id.as_deref());
 }

@@ -1,6 +1,7 @@
 //! Launching: the instance on its data volume, attaching, starting and stopping.
 
 use super::describe::{describe_instance, describe_volume};
+use super::volume::{is_token_mismatch, next_number};
 use super::*;
 
 impl Ec2Backend {
@@ -156,7 +157,11 @@ impl Ec2Backend {
                 "RunInstances",
                 run.customize().config_override(single_attempt()).send(),
             )
-            .await?;
+            .await;
+        let out = match out {
+            Err(e) if is_token_mismatch(&e) => return Ok(next_number(owner, number, &e)),
+            other => other?,
+        };
         let instance = out
             .instances()
             .first()

@@ -1,5 +1,7 @@
 //! The data volume: creating it once, and telling it apart from root volumes.
 
+use tracing::warn;
+
 use super::ownership::is_data_volume;
 use super::*;
 
@@ -50,7 +52,11 @@ impl Ec2Backend {
                     .config_override(single_attempt())
                     .send(),
             )
-            .await?;
+            .await;
+        let created = match created {
+            Err(e) if is_token_mismatch(&e) => return Ok(next_number(owner, number, &e)),
+            other => other?,
+        };
         let id = created
             .volume_id()
             .ok_or_else(|| AwsError::malformed("CreateVolume", "no volume id"))?;
@@ -87,6 +93,23 @@ pub(super) async fn tagged_data_volumes(
         .collect();
     volumes.sort_by(|a, b| (a.create_time(), a.volume_id()).cmp(&(b.create_time(), b.volume_id())));
     Ok(volumes)
+}
+
+/// A ClientToken used before with other parameters (the spec changed between
+/// a lost answer and the retry). The token can never work again.
+pub(super) fn is_token_mismatch(e: &AwsError) -> bool {
+    e.code.as_deref() == Some("IdempotentParameterMismatch")
+}
+
+/// Moves past a spent ClientToken: the next attempt carries a new number.
+pub(super) fn next_number(owner: &Owner<'_>, number: u32, e: &AwsError) -> Step {
+    warn!(
+        workspace = %owner.name,
+        namespace = %owner.namespace,
+        "{e}; moving on to launch number {}",
+        number + 1
+    );
+    Step::Record(Record::LaunchReserved(number + 1))
 }
 
 fn volume_record(volume: &Volume, region: &str) -> Result<Step, BackendError> {
