@@ -1,11 +1,12 @@
-//! Provisioning an ec2 Workspace safely: idempotency tokens, including a
-//! token spent on other parameters, and tags the IAM policy can rely on.
+//! Provisioning an ec2 Workspace safely: idempotency tokens, tags the IAM
+//! policy can rely on, and a deterministic replacement subnet.
 
 #[path = "ec2_provisioning/iam.rs"]
 mod iam;
 mod support;
 
 use aws_sdk_ec2::types::Volume;
+use serde_json::json;
 use support::faults::{Call, FaultRule};
 use support::moto::filter;
 use support::rig::{CLUSTER, Rig};
@@ -233,4 +234,100 @@ async fn token_mismatch_on_create_volume_moves_to_a_new_token() {
         .collect();
     assert_eq!(data.len(), 1, "{data:?}");
     assert_eq!(data[0].volume_id(), status_of(&ws).volume_id.as_deref());
+}
+
+/// The ids of `vpc`'s subnets in `zone`, in the order EC2 lists them.
+async fn listed_subnets(rig: &Rig, vpc: &str, zone: &str) -> Vec<String> {
+    rig.moto
+        .ec2()
+        .describe_subnets()
+        .filters(filter("vpc-id", vpc))
+        .filters(filter("availability-zone", zone))
+        .send()
+        .await
+        .expect("DescribeSubnets")
+        .subnets()
+        .iter()
+        .filter_map(|s| s.subnet_id().map(str::to_owned))
+        .collect()
+}
+
+/// A new VPC with one subnet in `other_zone` and several in `zone`, which EC2
+/// does not list lowest id first, so that "the first one listed" and "the
+/// lowest id" differ. moto lists in creation order and ids are random: while
+/// the first listed is the lowest, it is replaced by a new one. Returns the
+/// subnet in `other_zone` and the lowest id in `zone`.
+async fn vpc_with_subnets_listed_out_of_order(
+    rig: &Rig,
+    zone: &str,
+    other_zone: &str,
+) -> (String, String) {
+    let ec2 = rig.moto.ec2();
+    let create = |zone: String, cidr: String, vpc: String| {
+        let ec2 = ec2.clone();
+        async move {
+            ec2.create_subnet()
+                .vpc_id(vpc)
+                .availability_zone(zone)
+                .cidr_block(cidr)
+                .send()
+                .await
+                .expect("CreateSubnet")
+                .subnet()
+                .and_then(|s| s.subnet_id())
+                .expect("subnet id")
+                .to_owned()
+        }
+    };
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.20.0.0/16")
+        .send()
+        .await
+        .expect("CreateVpc")
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .expect("vpc id")
+        .to_owned();
+    let elsewhere = create(other_zone.into(), "10.20.255.0/24".into(), vpc.clone()).await;
+    create(zone.into(), "10.20.0.0/24".into(), vpc.clone()).await;
+    for third in 1..64 {
+        create(zone.into(), format!("10.20.{third}.0/24"), vpc.clone()).await;
+        let listed = listed_subnets(rig, &vpc, zone).await;
+        let lowest = listed.iter().min().expect("a subnet").clone();
+        if listed[0] != lowest {
+            return (elsewhere, lowest);
+        }
+        ec2.delete_subnet()
+            .subnet_id(&listed[0])
+            .send()
+            .await
+            .expect("DeleteSubnet");
+    }
+    panic!("moto kept listing the lowest subnet id first");
+}
+
+#[tokio::test]
+async fn replacement_subnet_in_the_volume_zone_is_chosen_by_lowest_id() {
+    let rig = Rig::start().await;
+    let first = online(&rig, &rig.ec2_workspace("dev")).await;
+    let old = status_of(&first).instance_id.unwrap();
+    // The spec now names a subnet of another VPC, in another zone than the
+    // data volume's; that VPC has several subnets in the volume's zone.
+    let (elsewhere, lowest) =
+        vpc_with_subnets_listed_out_of_order(&rig, &rig.zone, "us-east-1b").await;
+    assert_ne!(rig.zone, "us-east-1b");
+    rig.patch_spec("dev", json!({ "ec2": { "subnetId": elsewhere } }))
+        .await;
+
+    rig.moto.terminate(&old).await;
+    rig.wait_ws("dev", "online on a replacement", |w| {
+        w.status.as_ref().is_some_and(|s| {
+            s.phase == Some(Phase::Online) && s.instance_id.as_deref() != Some(&old)
+        })
+    })
+    .await;
+    let launches = calls(&rig, "RunInstances");
+    assert_eq!(launches.len(), 2);
+    assert_eq!(param(&launches[1], "SubnetId"), Some(lowest.as_str()));
 }

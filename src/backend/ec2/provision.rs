@@ -286,7 +286,8 @@ fn launched_record(
 }
 
 /// The spec's subnet if it lies in `zone`, else another subnet of the same VPC
-/// there: an EBS volume attaches only to an instance in its own zone.
+/// there: an EBS volume attaches only to an instance in its own zone. Of
+/// several, always the same one (the lowest id), whatever order EC2 lists them in.
 async fn subnet_in_zone(
     client: &Ec2Region,
     subnet_id: &str,
@@ -323,16 +324,17 @@ async fn subnet_in_zone(
                 .send(),
         )
         .await?;
-    others
-        .subnets()
-        .first()
-        .and_then(|s| s.subnet_id())
+    lowest_subnet_id(others.subnets())
         .map(str::to_owned)
         .ok_or_else(|| {
             BackendError::Invalid(format!(
                 "the data volume is in {zone}, but VPC {vpc} has no subnet there"
             ))
         })
+}
+
+fn lowest_subnet_id(subnets: &[aws_sdk_ec2::types::Subnet]) -> Option<&str> {
+    subnets.iter().filter_map(|s| s.subnet_id()).min()
 }
 
 fn spot_options(spot: &crate::api::SpotOptions) -> InstanceMarketOptionsRequest {
@@ -353,4 +355,26 @@ fn spot_options(spot: &crate::api::SpotOptions) -> InstanceMarketOptionsRequest 
         .market_type(MarketType::Spot)
         .spot_options(opts.build())
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::types::Subnet;
+
+    use super::*;
+
+    #[test]
+    fn the_replacement_subnet_does_not_depend_on_listing_order() {
+        let subnet = |id: &str| Subnet::builder().subnet_id(id).build();
+        let listed = [
+            subnet("subnet-0c"),
+            subnet("subnet-0a"),
+            subnet("subnet-0b"),
+        ];
+        assert_eq!(lowest_subnet_id(&listed), Some("subnet-0a"));
+        let mut reversed = listed.to_vec();
+        reversed.reverse();
+        assert_eq!(lowest_subnet_id(&reversed), Some("subnet-0a"));
+        assert_eq!(lowest_subnet_id(&[]), None);
+    }
 }
