@@ -1,9 +1,12 @@
 //! Provisioning an ec2 Workspace safely: idempotency tokens, tags the IAM
-//! policy can rely on, and a deterministic replacement subnet.
+//! policy can rely on, a deterministic replacement subnet, and data volumes
+//! that go wrong being shown rather than looped on.
 
 #[path = "ec2_provisioning/iam.rs"]
 mod iam;
 mod support;
+#[path = "ec2_provisioning/volume_trouble.rs"]
+mod volume_trouble;
 
 use aws_sdk_ec2::types::Volume;
 use serde_json::json;
@@ -34,6 +37,14 @@ fn status_of(ws: &Workspace) -> tend::api::WorkspaceStatus {
     ws.status.clone().expect("status")
 }
 
+fn ready_reason_is(ws: &Workspace, reason: &str) -> bool {
+    ws.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == reason)
+    })
+}
+
 /// Every volume in moto tagged with this uid, root volumes included.
 async fn volumes_tagged(rig: &Rig, uid: &str) -> Vec<Volume> {
     rig.moto
@@ -51,6 +62,29 @@ fn tag<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
     tags.iter()
         .find(|t| t.key() == Some(key))
         .and_then(|t| t.value())
+}
+
+async fn attach(rig: &Rig, volume: &str, instance: &str) {
+    rig.moto
+        .ec2()
+        .attach_volume()
+        .volume_id(volume)
+        .instance_id(instance)
+        .device("/dev/sdg")
+        .send()
+        .await
+        .expect("AttachVolume");
+}
+
+async fn detach(rig: &Rig, volume: &str, instance: &str) {
+    rig.moto
+        .ec2()
+        .detach_volume()
+        .volume_id(volume)
+        .instance_id(instance)
+        .send()
+        .await
+        .expect("DetachVolume");
 }
 
 async fn online(rig: &Rig, ws: &Workspace) -> Workspace {

@@ -75,6 +75,15 @@ pub enum BackendError {
     /// The request cannot be built from the spec (e.g. no subnet in the volume's zone).
     #[error("{0}")]
     Invalid(String),
+    /// The data volume named in status is proven gone: deleted outside tend.
+    #[error("data volume {volume} no longer exists: {detail}")]
+    VolumeLost { volume: String, detail: String },
+    /// The data volume is attached to an instance that is neither the recorded
+    /// one nor tagged as this Workspace's.
+    #[error(
+        "data volume {volume} is attached to instance {instance}, which this Workspace does not own"
+    )]
+    VolumeInUse { volume: String, instance: String },
 }
 
 /// How the EC2 clients are set up.
@@ -91,6 +100,8 @@ pub struct Ec2Backend {
     settings: Ec2Settings,
     limits: Arc<Limits>,
     clients: Mutex<HashMap<String, Ec2Region>>,
+    /// When each data volume was first proven absent; see `volume.rs`.
+    volumes_missing: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// One region's client and rate limits. Every EC2 call goes through `call`.
@@ -161,6 +172,7 @@ impl Ec2Backend {
             settings,
             limits,
             clients: Mutex::new(HashMap::new()),
+            volumes_missing: Mutex::new(HashMap::new()),
         }
     }
 

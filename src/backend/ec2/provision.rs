@@ -1,7 +1,7 @@
 //! Launching: the instance on its data volume, attaching, starting and stopping.
 
-use super::describe::{describe_instance, describe_volume};
-use super::volume::{is_token_mismatch, next_number};
+use super::describe::describe_instance;
+use super::volume::{DataVolume, is_token_mismatch, next_number};
 use super::*;
 
 impl Ec2Backend {
@@ -24,6 +24,19 @@ impl Ec2Backend {
             let Some(number) = status.launch_number else {
                 return Ok(Step::Record(Record::LaunchReserved(1)));
             };
+            // ClientToken makes RunInstances idempotent on EC2, but not every
+            // endpoint honours it, so first look for an instance an earlier
+            // attempt started.
+            if let Some(found) = find_launch(&client, owner, number).await? {
+                return Ok(found);
+            }
+            // No instance for a volume that is gone or someone else's.
+            if let DataVolume::Confirming(why) = self
+                .check_data_volume(&client, volume_id, None, owner)
+                .await?
+            {
+                return Ok(Step::Wait(why));
+            }
             return self
                 .launch(&client, spec, owner, zone, number, user_data)
                 .await;
@@ -47,11 +60,13 @@ impl Ec2Backend {
             return Ok(Step::Done);
         }
         owner.check(instance_id, instance.tags())?;
-        // Right after CreateVolume EC2 may not list it yet: not a failure.
-        let Some(volume) = describe_volume(&client, volume_id).await? else {
-            return Ok(Step::Wait(format!("{volume_id} is not visible yet")));
+        let volume = match self
+            .check_data_volume(&client, volume_id, Some(instance_id), owner)
+            .await?
+        {
+            DataVolume::Usable(volume) => volume,
+            DataVolume::Confirming(why) => return Ok(Step::Wait(why)),
         };
-        owner.check(volume_id, volume.tags())?;
         match volume.state() {
             // Never two instances on one volume: attach only once it is free.
             Some(VolumeState::Available) => {
@@ -87,11 +102,6 @@ impl Ec2Backend {
         number: u32,
         user_data: Option<String>,
     ) -> Result<Step, BackendError> {
-        // ClientToken makes RunInstances idempotent on EC2, but not every endpoint
-        // honours it, so first look for an instance an earlier attempt started.
-        if let Some(found) = find_launch(client, owner, number).await? {
-            return Ok(found);
-        }
         let subnet = subnet_in_zone(client, &spec.subnet_id, zone).await?;
         let mut run = client
             .run_instances()
