@@ -1,10 +1,13 @@
 //! Provisioning an ec2 Workspace safely: idempotency tokens, tags the IAM
-//! policy can rely on, a deterministic replacement subnet, and data volumes
-//! that go wrong being shown rather than looped on.
+//! policy can rely on, a deterministic replacement subnet, teardown from what
+//! tend recorded and tagged, and data volumes that go wrong being shown
+//! rather than looped on.
 
 #[path = "ec2_provisioning/iam.rs"]
 mod iam;
 mod support;
+#[path = "ec2_provisioning/teardown.rs"]
+mod teardown;
 #[path = "ec2_provisioning/volume_trouble.rs"]
 mod volume_trouble;
 
