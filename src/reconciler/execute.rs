@@ -45,6 +45,31 @@ pub(super) fn fail(
             }
         }
         BackendError::Invalid(_) => failed(outcome, phase, "LaunchFailed", message),
+        // Healing needs the data; an empty volume in its place would hide the
+        // loss. Held until a human's tend.dev/retry (see WAITS_FOR_HUMAN).
+        BackendError::VolumeLost { .. } => {
+            error!(workspace = %name, namespace = %ns, "{message}");
+            failed(
+                outcome,
+                phase,
+                "VolumeLost",
+                format!(
+                    "{message}; tend will not replace it with an empty one. Set the \
+                     {RETRY_ANNOTATION} annotation to a new value to look again"
+                ),
+            );
+        }
+        // Someone else's instance holds the data: never attach it elsewhere.
+        // The phase stays; retries back off, and the condition (and its one
+        // event) changes only with the message.
+        BackendError::VolumeInUse { .. } => {
+            warn!(workspace = %name, namespace = %ns, "{message}; not attaching it");
+            outcome.phase = phase;
+            outcome.problem = Some(Problem::failure(
+                "VolumeInUse",
+                format!("{message}; detach it there to continue"),
+            ));
+        }
     }
 }
 

@@ -11,6 +11,7 @@ mod ownership;
 mod provision;
 mod state;
 mod teardown;
+mod volume;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,13 +23,16 @@ use aws_sdk_ec2::types::{
     Filter, HibernationOptionsRequest, IamInstanceProfileSpecification, Instance,
     InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceStateName,
     LaunchTemplateSpecification, MarketType, ResourceType, SpotInstanceType, SpotMarketOptions,
-    Tag, TagSpecification, Volume, VolumeState, VolumeType,
+    Volume, VolumeState, VolumeType,
 };
 use jiff::Timestamp;
 
 pub use errors::{AwsError, AwsErrorKind, kind_of_code, not_found_ids};
 pub use limits::{Family, Limits, Rate, TokenBucket};
-pub use ownership::{Owner, TAG_CLUSTER, TAG_LAUNCH, TAG_NAME, TAG_NAMESPACE, TAG_UID};
+pub use ownership::{
+    Owner, TAG_CLUSTER, TAG_LAUNCH, TAG_NAME, TAG_NAMESPACE, TAG_UID, TAG_VOLUME, VOLUME_DATA,
+    VOLUME_ROOT,
+};
 pub use state::{classify_instance, classify_missing};
 
 use crate::api::{Ec2Spec, ReclaimPolicy, SpotInterruptionBehavior, WorkspaceStatus};
@@ -71,6 +75,15 @@ pub enum BackendError {
     /// The request cannot be built from the spec (e.g. no subnet in the volume's zone).
     #[error("{0}")]
     Invalid(String),
+    /// The data volume named in status is proven gone: deleted outside tend.
+    #[error("data volume {volume} no longer exists: {detail}")]
+    VolumeLost { volume: String, detail: String },
+    /// The data volume is attached to an instance that is neither the recorded
+    /// one nor tagged as this Workspace's.
+    #[error(
+        "data volume {volume} is attached to instance {instance}, which this Workspace does not own"
+    )]
+    VolumeInUse { volume: String, instance: String },
 }
 
 /// How the EC2 clients are set up.
@@ -87,6 +100,8 @@ pub struct Ec2Backend {
     settings: Ec2Settings,
     limits: Arc<Limits>,
     clients: Mutex<HashMap<String, Ec2Region>>,
+    /// When each data volume was first proven absent; see `volume.rs`.
+    volumes_missing: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// One region's client and rate limits. Every EC2 call goes through `call`.
@@ -157,6 +172,7 @@ impl Ec2Backend {
             settings,
             limits,
             clients: Mutex::new(HashMap::new()),
+            volumes_missing: Mutex::new(HashMap::new()),
         }
     }
 

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_ec2::types::Tag;
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 
 use super::BackendError;
+use crate::api::Ec2Spec;
 
 pub const TAG_UID: &str = "tend.dev/workspace-uid";
 pub const TAG_CLUSTER: &str = "tend.dev/cluster";
@@ -12,6 +13,12 @@ pub const TAG_NAMESPACE: &str = "tend.dev/namespace";
 pub const TAG_NAME: &str = "tend.dev/name";
 /// The launch number an instance was started for.
 pub const TAG_LAUNCH: &str = "tend.dev/launch";
+/// What a volume is to its Workspace: [`VOLUME_DATA`] or [`VOLUME_ROOT`].
+/// RunInstances tags the root volume with the ownership tags too, so the
+/// ownership tags alone no longer single out the data volume.
+pub const TAG_VOLUME: &str = "tend.dev/volume";
+pub const VOLUME_DATA: &str = "data";
+pub const VOLUME_ROOT: &str = "root";
 
 /// The Workspace (and cluster) that owns a resource.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +54,36 @@ impl Owner<'_> {
         format!("{}-{number}", self.uid)
     }
 
+    /// Idempotency token for the data volume created while `number` is the
+    /// Workspace's launch number (0 before the first launch). Never equal to a
+    /// RunInstances token; at most 36 + 8 + 10 characters.
+    pub fn volume_token(&self, number: u32) -> String {
+        format!("{}-volume-{number}", self.uid)
+    }
+
+    /// The tags of one resource type a create call makes; `volume_role` marks
+    /// a volume as data or root.
+    pub fn tag_spec(
+        &self,
+        resource: ResourceType,
+        spec: &Ec2Spec,
+        launch: Option<u32>,
+        volume_role: Option<&str>,
+    ) -> TagSpecification {
+        let mut pairs = self.tags(&spec.tags, launch);
+        if let Some(role) = volume_role {
+            pairs.push((TAG_VOLUME.into(), role.into()));
+        }
+        let tags = pairs
+            .into_iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        TagSpecification::builder()
+            .resource_type(resource)
+            .set_tags(Some(tags))
+            .build()
+    }
+
     /// Refuses unless the resource carries this Workspace's uid and cluster tags.
     pub fn check(&self, resource: &str, tags: &[Tag]) -> Result<(), BackendError> {
         let tag = |key: &str| {
@@ -70,6 +107,15 @@ impl Owner<'_> {
             detail: problem,
         })
     }
+}
+
+/// Whether a volume carrying this Workspace's ownership tags is its data
+/// volume. Root volumes are marked [`VOLUME_ROOT`]; volumes without the marker
+/// predate it, when only data volumes were tagged, so they count as data.
+pub fn is_data_volume(tags: &[Tag]) -> bool {
+    tags.iter()
+        .find(|t| t.key() == Some(TAG_VOLUME))
+        .is_none_or(|t| t.value() == Some(VOLUME_DATA))
 }
 
 #[cfg(test)]
@@ -119,5 +165,26 @@ mod tests {
         let o = Owner { uid, ..owner() };
         assert!(o.client_token(u32::MAX).len() <= 64);
         assert_ne!(o.client_token(1), o.client_token(2));
+        assert!(o.volume_token(u32::MAX).len() <= 64);
+        assert!(o.volume_token(u32::MAX).is_ascii());
+        assert_ne!(o.volume_token(0), o.volume_token(1));
+        for n in [0, 1, 2, u32::MAX] {
+            for m in [0, 1, 2, u32::MAX] {
+                assert_ne!(o.volume_token(n), o.client_token(m));
+            }
+        }
+    }
+
+    #[test]
+    fn root_volumes_are_not_data_volumes_and_unmarked_ones_are() {
+        assert!(is_data_volume(&[
+            tag(TAG_UID, "u-1"),
+            tag(TAG_VOLUME, VOLUME_DATA)
+        ]));
+        assert!(!is_data_volume(&[
+            tag(TAG_UID, "u-1"),
+            tag(TAG_VOLUME, VOLUME_ROOT)
+        ]));
+        assert!(is_data_volume(&[tag(TAG_UID, "u-1")]));
     }
 }

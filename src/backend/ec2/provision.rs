@@ -1,6 +1,7 @@
-//! Launching: the data volume, the instance, attaching, starting and stopping.
+//! Launching: the instance on its data volume, attaching, starting and stopping.
 
-use super::describe::{describe_instance, describe_volume};
+use super::describe::describe_instance;
+use super::volume::{DataVolume, is_token_mismatch, next_number};
 use super::*;
 
 impl Ec2Backend {
@@ -15,12 +16,27 @@ impl Ec2Backend {
         let client = self.client(spec, status);
         let (Some(volume_id), Some(zone)) = (&status.volume_id, &status.availability_zone) else {
             let region = self.region_of(spec, status);
-            return self.ensure_volume(&client, region, spec, owner).await;
+            return self
+                .ensure_volume(&client, region, spec, status, owner)
+                .await;
         };
         let Some(instance_id) = &status.instance_id else {
             let Some(number) = status.launch_number else {
                 return Ok(Step::Record(Record::LaunchReserved(1)));
             };
+            // ClientToken makes RunInstances idempotent on EC2, but not every
+            // endpoint honours it, so first look for an instance an earlier
+            // attempt started.
+            if let Some(found) = find_launch(&client, owner, number).await? {
+                return Ok(found);
+            }
+            // No instance for a volume that is gone or someone else's.
+            if let DataVolume::Confirming(why) = self
+                .check_data_volume(&client, volume_id, None, owner)
+                .await?
+            {
+                return Ok(Step::Wait(why));
+            }
             return self
                 .launch(&client, spec, owner, zone, number, user_data)
                 .await;
@@ -44,11 +60,13 @@ impl Ec2Backend {
             return Ok(Step::Done);
         }
         owner.check(instance_id, instance.tags())?;
-        // Right after CreateVolume EC2 may not list it yet: not a failure.
-        let Some(volume) = describe_volume(&client, volume_id).await? else {
-            return Ok(Step::Wait(format!("{volume_id} is not visible yet")));
+        let volume = match self
+            .check_data_volume(&client, volume_id, Some(instance_id), owner)
+            .await?
+        {
+            DataVolume::Usable(volume) => volume,
+            DataVolume::Confirming(why) => return Ok(Step::Wait(why)),
         };
-        owner.check(volume_id, volume.tags())?;
         match volume.state() {
             // Never two instances on one volume: attach only once it is free.
             Some(VolumeState::Available) => {
@@ -75,62 +93,6 @@ impl Ec2Backend {
         }
     }
 
-    async fn ensure_volume(
-        &self,
-        client: &Ec2Region,
-        region: &str,
-        spec: &Ec2Spec,
-        owner: &Owner<'_>,
-    ) -> Result<Step, BackendError> {
-        // A volume created by an earlier attempt that never reached status.
-        let existing = client
-            .call(
-                Family::Read,
-                "DescribeVolumes",
-                client
-                    .describe_volumes()
-                    .filters(tag_filter(TAG_UID, owner.uid))
-                    .filters(tag_filter(TAG_CLUSTER, owner.cluster))
-                    .send(),
-            )
-            .await?;
-        if let Some(volume) = existing.volumes().iter().find(|v| {
-            !matches!(
-                v.state(),
-                Some(VolumeState::Deleting | VolumeState::Deleted)
-            )
-        }) {
-            return volume_record(volume, region);
-        }
-        let zone = subnet_zone(client, &spec.subnet_id).await?;
-        let v = &spec.volume;
-        let created = client
-            .call(
-                Family::Mutate,
-                "CreateVolume",
-                client
-                    .create_volume()
-                    .availability_zone(&zone)
-                    .size(v.size_gib)
-                    .volume_type(VolumeType::from(v.volume_type.as_str()))
-                    .set_iops(v.iops)
-                    .set_throughput(v.throughput)
-                    .tag_specifications(owner.tag_spec(ResourceType::Volume, spec, None))
-                    .customize()
-                    .config_override(single_attempt())
-                    .send(),
-            )
-            .await?;
-        let id = created
-            .volume_id()
-            .ok_or_else(|| AwsError::malformed("CreateVolume", "no volume id"))?;
-        Ok(Step::Record(Record::Volume {
-            id: id.to_owned(),
-            region: region.to_owned(),
-            zone,
-        }))
-    }
-
     async fn launch(
         &self,
         client: &Ec2Region,
@@ -140,11 +102,6 @@ impl Ec2Backend {
         number: u32,
         user_data: Option<String>,
     ) -> Result<Step, BackendError> {
-        // ClientToken makes RunInstances idempotent on EC2, but not every endpoint
-        // honours it, so first look for an instance an earlier attempt started.
-        if let Some(found) = find_launch(client, owner, number).await? {
-            return Ok(found);
-        }
         let subnet = subnet_in_zone(client, &spec.subnet_id, zone).await?;
         let mut run = client
             .run_instances()
@@ -155,7 +112,21 @@ impl Ec2Backend {
             .set_image_id(spec.image_id.clone())
             .set_key_name(spec.key_name.clone())
             .set_user_data(user_data)
-            .tag_specifications(owner.tag_spec(ResourceType::Instance, spec, Some(number)));
+            // Everything RunInstances creates carries the ownership tags: the
+            // IAM policy allows creating each only with them.
+            .tag_specifications(owner.tag_spec(ResourceType::Instance, spec, Some(number), None))
+            .tag_specifications(owner.tag_spec(
+                ResourceType::Volume,
+                spec,
+                Some(number),
+                Some(VOLUME_ROOT),
+            ))
+            .tag_specifications(owner.tag_spec(
+                ResourceType::NetworkInterface,
+                spec,
+                Some(number),
+                None,
+            ));
         if let Some(t) = &spec.instance_type {
             run = run.instance_type(t.as_str().into());
         }
@@ -196,7 +167,11 @@ impl Ec2Backend {
                 "RunInstances",
                 run.customize().config_override(single_attempt()).send(),
             )
-            .await?;
+            .await;
+        let out = match out {
+            Err(e) if is_token_mismatch(&e) => return Ok(next_number(owner, number, &e)),
+            other => other?,
+        };
         let instance = out
             .instances()
             .first()
@@ -320,37 +295,9 @@ fn launched_record(
     }))
 }
 
-fn volume_record(volume: &Volume, region: &str) -> Result<Step, BackendError> {
-    let id = volume
-        .volume_id()
-        .ok_or_else(|| AwsError::malformed("DescribeVolumes", "volume without id"))?;
-    let zone = volume
-        .availability_zone()
-        .ok_or_else(|| AwsError::malformed("DescribeVolumes", "volume without zone"))?;
-    Ok(Step::Record(Record::Volume {
-        id: id.to_owned(),
-        region: region.to_owned(),
-        zone: zone.to_owned(),
-    }))
-}
-
-async fn subnet_zone(client: &Ec2Region, subnet_id: &str) -> Result<String, BackendError> {
-    let out = client
-        .call(
-            Family::Read,
-            "DescribeSubnets",
-            client.describe_subnets().subnet_ids(subnet_id).send(),
-        )
-        .await?;
-    out.subnets()
-        .first()
-        .and_then(|s| s.availability_zone())
-        .map(str::to_owned)
-        .ok_or_else(|| AwsError::malformed("DescribeSubnets", "subnet without zone").into())
-}
-
 /// The spec's subnet if it lies in `zone`, else another subnet of the same VPC
-/// there: an EBS volume attaches only to an instance in its own zone.
+/// there: an EBS volume attaches only to an instance in its own zone. Of
+/// several, always the same one (the lowest id), whatever order EC2 lists them in.
 async fn subnet_in_zone(
     client: &Ec2Region,
     subnet_id: &str,
@@ -387,16 +334,17 @@ async fn subnet_in_zone(
                 .send(),
         )
         .await?;
-    others
-        .subnets()
-        .first()
-        .and_then(|s| s.subnet_id())
+    lowest_subnet_id(others.subnets())
         .map(str::to_owned)
         .ok_or_else(|| {
             BackendError::Invalid(format!(
                 "the data volume is in {zone}, but VPC {vpc} has no subnet there"
             ))
         })
+}
+
+fn lowest_subnet_id(subnets: &[aws_sdk_ec2::types::Subnet]) -> Option<&str> {
+    subnets.iter().filter_map(|s| s.subnet_id()).min()
 }
 
 fn spot_options(spot: &crate::api::SpotOptions) -> InstanceMarketOptionsRequest {
@@ -419,24 +367,24 @@ fn spot_options(spot: &crate::api::SpotOptions) -> InstanceMarketOptionsRequest 
         .build()
 }
 
-/// Tags as EC2 types.
-fn tags(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<Tag> {
-    pairs
-        .into_iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).build())
-        .collect()
-}
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::types::Subnet;
 
-impl Owner<'_> {
-    fn tag_spec(
-        &self,
-        resource: ResourceType,
-        spec: &Ec2Spec,
-        launch: Option<u32>,
-    ) -> TagSpecification {
-        TagSpecification::builder()
-            .resource_type(resource)
-            .set_tags(Some(tags(self.tags(&spec.tags, launch))))
-            .build()
+    use super::*;
+
+    #[test]
+    fn the_replacement_subnet_does_not_depend_on_listing_order() {
+        let subnet = |id: &str| Subnet::builder().subnet_id(id).build();
+        let listed = [
+            subnet("subnet-0c"),
+            subnet("subnet-0a"),
+            subnet("subnet-0b"),
+        ];
+        assert_eq!(lowest_subnet_id(&listed), Some("subnet-0a"));
+        let mut reversed = listed.to_vec();
+        reversed.reverse();
+        assert_eq!(lowest_subnet_id(&reversed), Some("subnet-0a"));
+        assert_eq!(lowest_subnet_id(&[]), None);
     }
 }

@@ -1,12 +1,24 @@
-//! Releasing: terminate every instance of a Workspace, then keep or delete its volume.
+//! Releasing: terminate every instance of a Workspace, then keep or delete its
+//! data volumes.
 
-use super::describe::{describe_instance, describe_volume, tagged_instances};
+use aws_sdk_ec2::types::VolumeAttachmentState;
+
+use super::describe::{describe_instance, tagged_instances};
+use super::volume::{tagged_data_volumes, volume_by_id};
 use super::*;
 
 impl Ec2Backend {
     /// One step of releasing the backend: terminate every instance of this
-    /// Workspace, then keep or delete the volume. Foreign resources are left
-    /// alone and reported in `skipped`.
+    /// Workspace, then keep or delete its data volumes as `reclaimPolicy` says.
+    ///
+    /// What to release comes from status and the ownership tags, not from the
+    /// spec as it reads now: the region recorded in status (the spec's only if
+    /// none was recorded), every instance and data volume tagged with the
+    /// Workspace's uid and cluster (so a resource whose record never reached
+    /// status is not leaked), and whatever status names. Foreign resources are
+    /// left alone and reported in `skipped`; a data volume held by a foreign
+    /// instance stops the release with [`BackendError::VolumeInUse`] (and a
+    /// `skipped` entry naming the holder) until it is detached.
     pub async fn teardown(
         &self,
         spec: &Ec2Spec,
@@ -23,13 +35,18 @@ impl Ec2Backend {
             instances.push(recorded);
         }
         let mut waiting = Vec::new();
+        let mut own = Vec::new();
         for instance in &instances {
             let id = instance.instance_id().unwrap_or_default();
             let state = instance.state().and_then(|s| s.name());
+            let owned = owner.check(id, instance.tags());
+            if owned.is_ok() {
+                own.push(id);
+            }
             if matches!(state, Some(InstanceStateName::Terminated)) {
                 continue;
             }
-            if let Err(e) = owner.check(id, instance.tags()) {
+            if let Err(e) = owned {
                 skipped.push(e.to_string());
                 continue;
             }
@@ -50,32 +67,65 @@ impl Ec2Backend {
         if spec.volume.reclaim_policy == ReclaimPolicy::Retain {
             return Ok(Step::Done);
         }
-        let Some(volume_id) = status.volume_id.as_deref() else {
-            return Ok(Step::Done);
-        };
-        let Some(volume) = describe_volume(&client, volume_id).await? else {
-            return Ok(Step::Done);
-        };
-        if let Err(e) = owner.check(volume_id, volume.tags()) {
-            skipped.push(e.to_string());
-            return Ok(Step::Done);
+        let mut volumes = tagged_data_volumes(&client, owner).await?;
+        if let Some(id) = &status.volume_id
+            && !volumes.iter().any(|v| v.volume_id() == Some(id))
+            && let Some(recorded) = volume_by_id(&client, id).await?
+        {
+            volumes.push(recorded);
         }
-        match volume.state() {
-            Some(VolumeState::Available) => {
-                client
-                    .call(
-                        Family::Mutate,
-                        "DeleteVolume",
-                        client.delete_volume().volume_id(volume_id).send(),
-                    )
-                    .await?;
-                Ok(Step::Done)
+        for volume in &volumes {
+            let id = volume.volume_id().unwrap_or_default();
+            if let Err(e) = owner.check(id, volume.tags()) {
+                skipped.push(e.to_string());
+                continue;
             }
-            Some(VolumeState::Deleting | VolumeState::Deleted) => Ok(Step::Done),
-            other => Ok(Step::Wait(format!(
-                "{volume_id} is {}; waiting for it to be released",
-                other.map(|s| s.as_str()).unwrap_or("in an unknown state")
-            ))),
+            match volume.state() {
+                Some(VolumeState::Available) => {
+                    client
+                        .call(
+                            Family::Mutate,
+                            "DeleteVolume",
+                            client.delete_volume().volume_id(id).send(),
+                        )
+                        .await?;
+                }
+                Some(VolumeState::Deleting | VolumeState::Deleted) => {}
+                other => {
+                    if let Some(holder) = foreign_holder(volume, &own) {
+                        skipped.push(format!(
+                            "data volume {id} is attached to instance {holder}, which this \
+                             Workspace does not own; it is deleted once it is detached"
+                        ));
+                        return Err(BackendError::VolumeInUse {
+                            volume: id.to_owned(),
+                            instance: holder.to_owned(),
+                        });
+                    }
+                    waiting.push(format!(
+                        "{id} is {}",
+                        other.map(|s| s.as_str()).unwrap_or("in an unknown state")
+                    ));
+                }
+            }
+        }
+        if waiting.is_empty() {
+            Ok(Step::Done)
+        } else {
+            Ok(Step::Wait(format!(
+                "{}; waiting for release",
+                waiting.join(", ")
+            )))
         }
     }
+}
+
+/// An instance other than this Workspace's own that holds the volume.
+fn foreign_holder<'a>(volume: &'a Volume, own: &[&str]) -> Option<&'a str> {
+    volume
+        .attachments()
+        .iter()
+        .filter(|a| !matches!(a.state(), Some(VolumeAttachmentState::Detached)))
+        .filter_map(|a| a.instance_id())
+        .find(|i| !own.contains(i))
 }
