@@ -53,7 +53,27 @@ pub(super) async fn cleanup(
         };
         publish(ctx, ws, event).await;
     }
-    match step? {
+    let step = match step {
+        // Held by an instance tend does not own: say so where `kubectl get`
+        // and `describe` look, and retry with backoff.
+        Err(e @ BackendError::VolumeInUse { .. }) => {
+            // A reconcile that just wrote Deleting holds a stale version; the
+            // next one records the condition.
+            if old.phase == Some(Phase::Deleting) {
+                let outcome = Outcome {
+                    problem: Some(Problem::failure(
+                        "VolumeInUse",
+                        format!("{e}; it is deleted once it is detached"),
+                    )),
+                    ..Outcome::quiet(Phase::Deleting, "Teardown")
+                };
+                commit(ws, ctx, api, &old, outcome).await?;
+            }
+            return Err(e.into());
+        }
+        other => other?,
+    };
+    match step {
         Step::Wait(why) => Err(Error::TeardownInProgress(why)),
         Step::Done | Step::Record(_) => {
             let kept = match spec.volume.reclaim_policy {

@@ -128,6 +128,19 @@ async fn deletion_blocked_by_a_foreign_attachment_is_reported_not_waited_on_sile
         rig.get("dev").is_some(),
         "not released while the volume is held"
     );
+    let held = rig
+        .wait_ws("dev", "Ready=False/VolumeInUse while deleting", |w| {
+            w.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "VolumeInUse")
+            })
+        })
+        .await;
+    assert_eq!(
+        held.status.as_ref().unwrap().phase,
+        Some(tend::api::Phase::Deleting)
+    );
     let mine = rig.moto.instance(&instance).await.unwrap();
     assert_eq!(
         mine.state().and_then(|s| s.name()),
