@@ -277,3 +277,23 @@ async fn the_staleness_clock_survives_a_controller_restart() {
         "{turned} vs restart at {restart_at}"
     );
 }
+
+#[tokio::test]
+async fn staleness_covers_every_phase_tend_looks_at() {
+    // A stopped Workspace is not swept, but tend still looks at it: when
+    // those looks fail for longer than --stale-after, Ready says so too.
+    let rig = Rig::start().await;
+    online(&rig, "dev").await;
+    rig.patch_spec("dev", serde_json::json!({ "desiredState": "Stopped" }))
+        .await;
+    rig.wait_phase("dev", Phase::Stopped).await;
+    rig.proxy
+        .inject(FaultRule::on("DescribeInstances").throttle());
+    let stale = rig
+        .wait_ws("dev", "ObservationStale while Stopped", |w| {
+            has_condition(w, "Ready", "Unknown", "ObservationStale")
+        })
+        .await;
+    assert_eq!(stale.status.as_ref().unwrap().phase, Some(Phase::Stopped));
+    assert!(stale.status.unwrap().uncertain_since.is_some());
+}
