@@ -31,15 +31,9 @@ pub(super) async fn cleanup(
         return Ok(None);
     }
     let spec = ws.spec.ec2.clone().unwrap_or_default();
-    let uid = ws.uid().unwrap_or_default();
     let ns = ws.namespace().unwrap_or_default();
     let name = ws.name_any();
-    let owner = Owner {
-        uid: &uid,
-        cluster: &ctx.settings.cluster_name,
-        namespace: &ns,
-        name: &name,
-    };
+    let owner = Owner::of(ws, &ctx.settings.cluster_name);
     let mut skipped = Vec::new();
     let step = ctx.ec2.teardown(&spec, &old, &owner, &mut skipped).await;
     for why in skipped {

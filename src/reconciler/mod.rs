@@ -328,12 +328,7 @@ async fn apply(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<Re
         .expect("validated: ec2 runtime has an ec2 block");
     let ns = ws.namespace().unwrap_or_default();
     let name = ws.name_any();
-    let owner = Owner {
-        uid: &uid,
-        cluster: &ctx.settings.cluster_name,
-        namespace: &ns,
-        name: &name,
-    };
+    let owner = Owner::of(ws, &ctx.settings.cluster_name);
 
     let now = Timestamp::now();
     let retry = ws.annotations().get(RETRY_ANNOTATION).cloned();

@@ -41,12 +41,7 @@ impl Ec2Backend {
                         .send(),
                 )
                 .await?;
-            found.extend(
-                page.reservations()
-                    .iter()
-                    .flat_map(|r| r.instances())
-                    .cloned(),
-            );
+            found.extend(listed(page.reservations()).cloned());
             match page.next_token() {
                 Some(t) if !t.is_empty() => token = Some(t.to_owned()),
                 _ => return Ok(found),
@@ -81,12 +76,7 @@ impl Ec2Backend {
                     .send(),
             )
             .await?;
-        Ok(out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .cloned()
-            .collect())
+        Ok(listed(out.reservations()).cloned().collect())
     }
 }
 
@@ -106,10 +96,7 @@ pub(super) async fn describe_instance(
                 .send(),
         )
         .await?;
-    Ok(out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
+    Ok(listed(out.reservations())
         .find(|i| i.instance_id() == Some(id))
         .cloned())
 }
@@ -129,12 +116,7 @@ pub(super) async fn tagged_instances(
                 .send(),
         )
         .await?;
-    Ok(out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .cloned()
-        .collect())
+    Ok(listed(out.reservations()).cloned().collect())
 }
 
 pub(super) async fn describe_volume(
@@ -156,4 +138,11 @@ pub(super) async fn describe_volume(
         .iter()
         .find(|v| v.volume_id() == Some(id))
         .cloned())
+}
+
+/// The instances a DescribeInstances answer lists, across its reservations.
+pub(super) fn listed(
+    reservations: &[aws_sdk_ec2::types::Reservation],
+) -> impl Iterator<Item = &Instance> {
+    reservations.iter().flat_map(|r| r.instances())
 }

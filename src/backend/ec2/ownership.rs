@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 
 use super::BackendError;
-use crate::api::Ec2Spec;
+use crate::api::{Ec2Spec, Workspace};
 
 pub const TAG_UID: &str = "tend.dev/workspace-uid";
 pub const TAG_CLUSTER: &str = "tend.dev/cluster";
@@ -27,6 +27,18 @@ pub struct Owner<'a> {
     pub cluster: &'a str,
     pub namespace: &'a str,
     pub name: &'a str,
+}
+
+impl<'a> Owner<'a> {
+    /// The owner a Workspace's resources are tagged with.
+    pub fn of(ws: &'a Workspace, cluster: &'a str) -> Self {
+        Owner {
+            uid: ws.metadata.uid.as_deref().unwrap_or_default(),
+            cluster,
+            namespace: ws.metadata.namespace.as_deref().unwrap_or_default(),
+            name: ws.metadata.name.as_deref().unwrap_or_default(),
+        }
+    }
 }
 
 impl Owner<'_> {

@@ -1,6 +1,6 @@
 //! Launching: the instance on its data volume, attaching, starting and stopping.
 
-use super::describe::describe_instance;
+use super::describe::{describe_instance, listed};
 use super::volume::{DataVolume, is_token_mismatch, next_number};
 use super::*;
 
@@ -263,16 +263,12 @@ async fn find_launch(
                 .send(),
         )
         .await?;
-    let alive = out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .find(|i| {
-            !matches!(
-                i.state().and_then(|s| s.name()),
-                Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
-            )
-        });
+    let alive = listed(out.reservations()).find(|i| {
+        !matches!(
+            i.state().and_then(|s| s.name()),
+            Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+        )
+    });
     alive
         .map(|i| launched_record(i, "DescribeInstances"))
         .transpose()
