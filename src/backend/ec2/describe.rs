@@ -111,8 +111,7 @@ pub(super) async fn tagged_instances(
             "DescribeInstances",
             client
                 .describe_instances()
-                .filters(tag_filter(TAG_UID, owner.uid))
-                .filters(tag_filter(TAG_CLUSTER, owner.cluster))
+                .set_filters(Some(owned_by(owner)))
                 .send(),
         )
         .await?;

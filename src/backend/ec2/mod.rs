@@ -234,6 +234,14 @@ fn tag_filter(key: &str, value: &str) -> Filter {
         .build()
 }
 
+/// Filters for what a Workspace owns: its uid and cluster tags.
+fn owned_by(owner: &Owner<'_>) -> Vec<Filter> {
+    vec![
+        tag_filter(TAG_UID, owner.uid),
+        tag_filter(TAG_CLUSTER, owner.cluster),
+    ]
+}
+
 impl Ec2Backend {
     /// The describe-family bucket of a region.
     pub fn read_bucket(&self, region: &str) -> Arc<TokenBucket> {

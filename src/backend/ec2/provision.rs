@@ -257,8 +257,7 @@ async fn find_launch(
             "DescribeInstances",
             client
                 .describe_instances()
-                .filters(tag_filter(TAG_UID, owner.uid))
-                .filters(tag_filter(TAG_CLUSTER, owner.cluster))
+                .set_filters(Some(owned_by(owner)))
                 .filters(tag_filter(TAG_LAUNCH, &number.to_string()))
                 .send(),
         )

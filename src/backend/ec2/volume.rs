@@ -168,8 +168,7 @@ pub(super) async fn tagged_data_volumes(
             "DescribeVolumes",
             client
                 .describe_volumes()
-                .filters(tag_filter(TAG_UID, owner.uid))
-                .filters(tag_filter(TAG_CLUSTER, owner.cluster))
+                .set_filters(Some(owned_by(owner)))
                 .send(),
         )
         .await?;
