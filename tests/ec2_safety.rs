@@ -6,7 +6,7 @@ mod support;
 use aws_sdk_ec2::types::InstanceStateName;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use support::checks::published;
+use support::checks::{launched_user_data, published};
 use support::faults::FaultRule;
 use support::rig::{NS, Rig};
 use tend::api::{Phase, Workspace};
@@ -376,15 +376,9 @@ async fn user_data_comes_from_the_secret_and_a_missing_secret_is_reported() {
     rig.patch_spec("dev", json!({ "restartPolicy": "Always" }))
         .await;
     rig.wait_phase("dev", Phase::Online).await;
-    let run = rig
-        .proxy
-        .call_log()
-        .into_iter()
-        .find(|c| c.action == "RunInstances")
-        .expect("launched");
     // RunInstances carries the Secret's bytes, base64-encoded once.
     assert_eq!(
-        run.params.get("UserData").map(String::as_str),
+        launched_user_data(&rig).as_deref(),
         Some("IyEvYmluL3NoCmVjaG8gc2VjcmV0LXRva2Vu")
     );
     // And the content appears in no status or event.

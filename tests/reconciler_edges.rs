@@ -5,6 +5,7 @@ mod support;
 
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::json;
+use support::checks::launched_user_data;
 use support::fake_kube::Failure;
 use support::faults::FaultRule;
 use support::rig::{NS, Rig};
@@ -172,16 +173,7 @@ async fn a_missing_user_data_secret_waits_in_its_phase_until_it_is_created() {
 
     create_secret(&rig, "dev-init", "userData").await;
     rig.wait_phase("dev", Phase::Online).await;
-    let run = rig
-        .proxy
-        .call_log()
-        .into_iter()
-        .find(|c| c.action == "RunInstances")
-        .expect("launched");
-    assert_eq!(
-        run.params.get("UserData").map(String::as_str),
-        Some(USER_DATA)
-    );
+    assert_eq!(launched_user_data(&rig).as_deref(), Some(USER_DATA));
     never_failed(&rig, "dev");
 }
 
@@ -217,14 +209,5 @@ async fn a_user_data_secret_that_cannot_be_read_for_a_while_is_retried() {
         .count();
     assert_eq!(refused, 3, "every injected failure was met");
     never_failed(&rig, "dev");
-    let run = rig
-        .proxy
-        .call_log()
-        .into_iter()
-        .find(|c| c.action == "RunInstances")
-        .expect("launched");
-    assert_eq!(
-        run.params.get("UserData").map(String::as_str),
-        Some(USER_DATA)
-    );
+    assert_eq!(launched_user_data(&rig).as_deref(), Some(USER_DATA));
 }

@@ -67,3 +67,14 @@ pub fn published(rig: &Rig, name: &str, reason: &str) -> u64 {
         .map(|e| e["series"]["count"].as_u64().unwrap_or(1))
         .sum()
 }
+
+/// The `UserData` parameter of the first RunInstances call the proxy saw.
+pub fn launched_user_data(rig: &Rig) -> Option<String> {
+    let run = rig
+        .proxy
+        .call_log()
+        .into_iter()
+        .find(|c| c.action == "RunInstances")
+        .expect("launched");
+    run.params.get("UserData").cloned()
+}
