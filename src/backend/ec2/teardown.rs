@@ -17,8 +17,8 @@ impl Ec2Backend {
     /// Workspace's uid and cluster (so a resource whose record never reached
     /// status is not leaked), and whatever status names. Foreign resources are
     /// left alone and reported in `skipped`; a data volume held by a foreign
-    /// instance stops the release with [`BackendError::VolumeInUse`] (and a
-    /// `skipped` entry naming the holder) until it is detached.
+    /// instance stops the release with [`BackendError::VolumeInUse`], naming
+    /// the holder, until it is detached.
     pub async fn teardown(
         &self,
         spec: &Ec2Spec,
@@ -93,10 +93,6 @@ impl Ec2Backend {
                 Some(VolumeState::Deleting | VolumeState::Deleted) => {}
                 other => {
                     if let Some(holder) = foreign_holder(volume, &own) {
-                        skipped.push(format!(
-                            "data volume {id} is attached to instance {holder}, which this \
-                             Workspace does not own; it is deleted once it is detached"
-                        ));
                         return Err(BackendError::VolumeInUse {
                             volume: id.to_owned(),
                             instance: holder.to_owned(),
