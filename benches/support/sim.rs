@@ -440,17 +440,6 @@ fn targets(n: usize, launched_at: Timestamp) -> Vec<Target> {
         .collect()
 }
 
-fn ids_by_region(targets: &[Target]) -> HashMap<String, Vec<String>> {
-    let mut by_region: HashMap<String, Vec<String>> = HashMap::new();
-    for t in targets {
-        by_region
-            .entry(t.region.clone())
-            .or_default()
-            .push(t.instance_id.clone());
-    }
-    by_region
-}
-
 fn clean(answer: &Answer) -> bool {
     matches!(answer.reply, Reply::Found(_) | Reply::NotFound)
 }
@@ -486,8 +475,13 @@ pub fn run_case(case: Case) -> CaseResult {
         // The first full sweep: what the sweeper does, minus the store.
         let started = Instant::now();
         let deadline = started + settings.interval.max(settings.batch.probe_timeout);
-        let (answers, stats) =
-            describe_all(&sim, &ids_by_region(&in_scope), settings.batch, deadline).await;
+        let (answers, stats) = describe_all(
+            &sim,
+            &ids_to_describe(&in_scope, &Snapshot::default()),
+            settings.batch,
+            deadline,
+        )
+        .await;
         let sweep_secs = started.elapsed().as_secs_f64();
         let hit_deadline = Instant::now() >= deadline;
         let calls = sim.calls.load(Ordering::Relaxed);

@@ -10,6 +10,14 @@ use tend::api::ReclaimPolicy;
 
 use super::*;
 
+/// "dev" Online with `reclaimPolicy: Delete`: its instance and data volume.
+async fn online_deleting_its_volume(rig: &Rig) -> (String, String) {
+    let mut ws = rig.ec2_workspace("dev");
+    ws.spec.ec2.as_mut().unwrap().volume.reclaim_policy = ReclaimPolicy::Delete;
+    let status = status_of(&online(rig, &ws).await);
+    (status.instance_id.unwrap(), status.volume_id.unwrap())
+}
+
 #[tokio::test]
 async fn deletion_releases_a_volume_whose_record_was_lost_despite_a_spec_edit() {
     let rig = Rig::start().await;
@@ -68,11 +76,7 @@ async fn deletion_releases_a_volume_whose_record_was_lost_despite_a_spec_edit() 
 #[tokio::test]
 async fn deletion_releases_what_was_created_whatever_spec_and_default_region_say_now() {
     let mut rig = Rig::start().await;
-    let mut ws = rig.ec2_workspace("dev");
-    ws.spec.ec2.as_mut().unwrap().volume.reclaim_policy = ReclaimPolicy::Delete;
-    let ws = online(&rig, &ws).await;
-    let status = status_of(&ws);
-    let (instance, volume) = (status.instance_id.unwrap(), status.volume_id.unwrap());
+    let (instance, volume) = online_deleting_its_volume(&rig).await;
     // The controller now defaults to another region, and the spec names
     // another subnet, instance type, volume size and tags.
     rig.crash_controller().await;
@@ -102,11 +106,7 @@ async fn deletion_releases_what_was_created_whatever_spec_and_default_region_say
 #[tokio::test]
 async fn deletion_blocked_by_a_foreign_attachment_is_reported_not_waited_on_silently() {
     let mut rig = Rig::start().await;
-    let mut ws = rig.ec2_workspace("dev");
-    ws.spec.ec2.as_mut().unwrap().volume.reclaim_policy = ReclaimPolicy::Delete;
-    let ws = online(&rig, &ws).await;
-    let status = status_of(&ws);
-    let (instance, volume) = (status.instance_id.unwrap(), status.volume_id.unwrap());
+    let (instance, volume) = online_deleting_its_volume(&rig).await;
     rig.crash_controller().await;
     detach(&rig, &volume, &instance).await;
     let foreign = rig.moto.run_tagged("owner", "someone-else").await;
