@@ -25,7 +25,7 @@ pub const OVERDUE_AFTER_PERIODS: u32 = 3;
 /// start) before readiness fails. A sweep may run until its deadline, the
 /// longer of the interval and the probe timeout, so that is one period.
 pub fn overdue_after(settings: &SweepSettings) -> Duration {
-    settings.interval.max(settings.batch.probe_timeout) * OVERDUE_AFTER_PERIODS
+    settings.period() * OVERDUE_AFTER_PERIODS
 }
 
 /// What `/readyz` says.

@@ -20,7 +20,8 @@ use kube::CustomResourceExt;
 use kube::api::Api;
 
 use crate::api::Workspace;
-use crate::backend::ec2::{Ec2Backend, Ec2Settings, Limits, Rate};
+use crate::backend::Backends;
+use crate::backend::ec2::{BatchSettings, Ec2Backend, Ec2Settings, Limits, Rate};
 use crate::config::RunArgs;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
@@ -88,26 +89,30 @@ pub async fn run_controller(
             burst: args.ec2_mutate_burst,
         },
     ));
-    let backend = Arc::new(Ec2Backend::new(
+    let mut backends = Backends::default();
+    backends.register(Arc::new(Ec2Backend::new(
         ec2,
         Ec2Settings {
             cluster: args.cluster_name.clone(),
-            default_region: default_region.clone(),
+            default_region,
             not_found_grace: args.not_found_grace,
+            batch: BatchSettings {
+                batch_size: args.batch_size as usize,
+                probe_timeout: args.probe_timeout,
+                max_in_flight: args.max_in_flight,
+            },
         },
         limits,
-    ));
-    let sweep_settings = SweepSettings::from_args(args, &default_region);
+        client.clone(),
+    )));
     let settings = Settings {
-        cluster_name: args.cluster_name.clone(),
         progress_interval: args.progress_interval,
         resync_interval: args.resync_interval,
         error_backoff: args.error_backoff,
         restart_backoff: args.restart_backoff,
         sweep_interval: args.sweep_interval,
         concurrency: args.concurrency,
-        batch: sweep_settings.batch,
-        not_found_grace: args.not_found_grace,
+        probe_timeout: args.probe_timeout,
         stale_after: args.stale_after,
     };
     let api: Api<Workspace> = match &args.namespace {
@@ -119,10 +124,10 @@ pub async fn run_controller(
     // Each completed sweep publishes a snapshot: readiness watches them.
     let sweeps = published.subscribe();
     let (wake, woken) = futures::channel::mpsc::unbounded();
-    let sweep_settings = SweepSettings::from_args(args, &default_region);
+    let sweep_settings = SweepSettings::from_args(args);
     let overdue_after = health::overdue_after(&sweep_settings);
     let sweeper = Sweeper::new(
-        backend.clone(),
+        backends.clone(),
         sweep_settings,
         controller.store(),
         published,
@@ -131,7 +136,7 @@ pub async fn run_controller(
     );
     let ctx = Arc::new(Context::new(
         client,
-        backend,
+        backends,
         settings,
         metrics.clone(),
         snapshot,

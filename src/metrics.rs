@@ -10,8 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::api::Phase;
-use crate::backend::ec2::AwsErrorKind;
+use crate::api::{Phase, Runtime};
+use crate::backend::ErrorKind;
 use crate::core::Observation;
 use crate::sweep::SweepReport;
 
@@ -31,7 +31,8 @@ struct AnswerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AwsLabels {
+struct BackendErrorLabels {
+    runtime: &'static str,
     operation: &'static str,
     kind: &'static str,
 }
@@ -62,7 +63,7 @@ pub struct Metrics {
     reconciles: Family<ResultLabels, Counter>,
     transitions: Family<PhaseLabels, Counter>,
     observations: Family<AnswerLabels, Counter>,
-    aws_errors: Family<AwsLabels, Counter>,
+    backend_errors: Family<BackendErrorLabels, Counter>,
     describe_calls: Family<OutcomeLabels, Counter>,
     offline: Family<ReasonLabels, Counter>,
     restarts: Counter,
@@ -83,7 +84,7 @@ impl Default for Metrics {
             reconciles: Family::default(),
             transitions: Family::default(),
             observations: Family::default(),
-            aws_errors: Family::default(),
+            backend_errors: Family::default(),
             describe_calls: Family::default(),
             offline: Family::default(),
             restarts: Counter::default(),
@@ -109,13 +110,13 @@ impl Default for Metrics {
             m.observations.clone(),
         );
         r.register(
-            "aws_errors",
-            "Failed AWS calls by operation and kind",
-            m.aws_errors.clone(),
+            "backend_errors",
+            "Failed backend calls of actions, by runtime, operation and kind",
+            m.backend_errors.clone(),
         );
         r.register(
             "describe_calls",
-            "Sweep DescribeInstances calls by outcome",
+            "Sweep calls to the backends by outcome",
             m.describe_calls.clone(),
         );
         r.register(
@@ -193,9 +194,10 @@ impl Metrics {
             .inc();
     }
 
-    pub fn aws_error(&self, operation: &'static str, kind: AwsErrorKind) {
-        self.aws_errors
-            .get_or_create(&AwsLabels {
+    pub fn backend_error(&self, runtime: Runtime, operation: &'static str, kind: ErrorKind) {
+        self.backend_errors
+            .get_or_create(&BackendErrorLabels {
+                runtime: runtime.as_str(),
                 operation,
                 kind: kind.as_str(),
             })

@@ -96,7 +96,7 @@ async fn readiness_fails_while_no_sweep_completes_and_returns_when_one_does() {
         "200ms",
     ])
     .unwrap();
-    let overdue_after = tend::health::overdue_after(&SweepSettings::from_args(&args, "us-east-1"));
+    let overdue_after = tend::health::overdue_after(&SweepSettings::from_args(&args));
     assert_eq!(overdue_after, std::time::Duration::from_millis(600));
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(Readiness::default());

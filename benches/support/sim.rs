@@ -16,13 +16,13 @@ use aws_sdk_ec2::types::{
 use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 use serde::{Deserialize, Serialize};
+use tend::api::Runtime;
 use tend::api::Workspace;
-use tend::backend::ec2::{AwsError, AwsErrorKind, TokenBucket};
+use tend::backend::ec2::{BatchSettings, Describer, TokenBucket, observe_instances};
+use tend::backend::{CallError, CallStats, ErrorKind, Probe, Sighting};
 use tend::config::RunArgs;
-use tend::sweep::{
-    Answer, Describer, Reply, Snapshot, SweepSettings, Target, assemble, describe_all, fair_order,
-    ids_to_describe,
-};
+use tend::core::Observation;
+use tend::sweep::{Snapshot, SweepSettings, Target, assemble, fair_order, to_ask};
 use tokio::time::Instant;
 
 pub const REGION: &str = "us-east-1";
@@ -194,7 +194,7 @@ impl SimEc2 {
         Some(b.build())
     }
 
-    async fn answer(&self, region: &str, ids: &[String]) -> Result<Vec<Instance>, AwsError> {
+    async fn answer(&self, region: &str, ids: &[String]) -> Result<Vec<Instance>, CallError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let admitted = self.server.lock().expect("server bucket").take();
         let failed = admitted && self.error_rate > 0.0 && self.draw() < self.error_rate;
@@ -203,18 +203,18 @@ impl SimEc2 {
             self.throttled.fetch_add(1, Ordering::Relaxed);
             // What the real backend does on a throttled answer.
             self.read_bucket(region).drain();
-            return Err(AwsError {
+            return Err(CallError {
                 operation: "DescribeInstances",
-                kind: AwsErrorKind::Throttled,
+                kind: ErrorKind::Throttled,
                 code: Some("RequestLimitExceeded".into()),
                 message: "Request limit exceeded.".into(),
             });
         }
         if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
-            return Err(AwsError {
+            return Err(CallError {
                 operation: "DescribeInstances",
-                kind: AwsErrorKind::Transient,
+                kind: ErrorKind::Transient,
                 code: Some("InternalError".into()),
                 message: "An internal error has occurred".into(),
             });
@@ -240,7 +240,7 @@ impl Describer for SimEc2 {
         &self,
         region: &str,
         ids: &[String],
-    ) -> impl Future<Output = Result<Vec<Instance>, AwsError>> + Send {
+    ) -> impl Future<Output = Result<Vec<Instance>, CallError>> + Send {
         self.answer(region, ids)
     }
 
@@ -249,7 +249,7 @@ impl Describer for SimEc2 {
         &self,
         region: &str,
         ids: &[String],
-    ) -> Result<Vec<Instance>, AwsError> {
+    ) -> Result<Vec<Instance>, CallError> {
         let listed = self.answer(region, ids).await?;
         let unknown: Vec<&str> = ids
             .iter()
@@ -259,7 +259,7 @@ impl Describer for SimEc2 {
         if unknown.is_empty() {
             return Ok(listed);
         }
-        Err(AwsError::instances_not_found(&unknown))
+        Err(CallError::instances_not_found(&unknown))
     }
 }
 
@@ -420,7 +420,36 @@ pub fn tend_args() -> RunArgs {
 
 /// The sweep settings `tend run` builds from [`tend_args`].
 pub fn sweep_settings() -> SweepSettings {
-    SweepSettings::from_args(&tend_args(), REGION)
+    SweepSettings::from_args(&tend_args())
+}
+
+/// The batching `tend run` builds from [`tend_args`], with this batch size.
+fn batch_settings(batch_size: usize) -> BatchSettings {
+    let args = tend_args();
+    BatchSettings {
+        batch_size,
+        probe_timeout: args.probe_timeout,
+        max_in_flight: args.max_in_flight,
+    }
+}
+
+/// What the sweeper does with the EC2 backend's observe: the targets' probes
+/// through the same batched describes, the answers keyed by uid.
+async fn observe(
+    sim: &SimEc2,
+    targets: &[&Target],
+    batch: BatchSettings,
+    deadline: Instant,
+) -> (HashMap<String, Sighting>, CallStats) {
+    let probes: Vec<Probe> = targets.iter().map(|t| t.probe.clone()).collect();
+    let grace = tend_args().not_found_grace;
+    let observed = observe_instances(sim, &probes, batch, grace, deadline).await;
+    let answers = targets
+        .iter()
+        .zip(observed.sightings)
+        .map(|(t, seen)| (t.uid.clone(), seen))
+        .collect();
+    (answers, observed.calls)
 }
 
 /// The in-scope Workspaces: all Online, launched a day before the sweep.
@@ -429,10 +458,13 @@ fn targets(n: usize, launched_at: Timestamp) -> Vec<Target> {
         .map(|i| Target {
             uid: format!("00000000-0000-4000-8000-{i:012x}"),
             object: ObjectRef::<Workspace>::new(&format!("ws-{i}")).within("bench"),
-            region: REGION.into(),
-            instance_id: instance_id(i),
-            volume_id: Some(volume_id(i)),
-            launched_at: Some(launched_at),
+            runtime: Runtime::Ec2,
+            probe: Probe {
+                id: instance_id(i),
+                location: REGION.into(),
+                volume_id: Some(volume_id(i)),
+                launched_at: Some(launched_at),
+            },
             known_dead: false,
             uncertain_since: None,
             retry: None,
@@ -440,8 +472,8 @@ fn targets(n: usize, launched_at: Timestamp) -> Vec<Target> {
         .collect()
 }
 
-fn clean(answer: &Answer) -> bool {
-    matches!(answer.reply, Reply::Found(_) | Reply::NotFound)
+fn clean(answer: &Sighting) -> bool {
+    !matches!(answer.observation, Observation::Unknown { .. })
 }
 
 /// Runs one case on a paused current-thread runtime.
@@ -459,8 +491,8 @@ pub fn run_case(case: Case) -> CaseResult {
             case.error_rate,
             case.neighbour_rps,
         );
-        let mut settings = sweep_settings();
-        settings.batch.batch_size = case.strategy.batch_size();
+        let settings = sweep_settings();
+        let batch = batch_settings(case.strategy.batch_size());
         // A fixed wall-clock origin for the snapshots; the simulated clock
         // provides the elapsed time.
         let origin = Timestamp::from_second(1_750_000_000).expect("timestamp");
@@ -474,11 +506,11 @@ pub fn run_case(case: Case) -> CaseResult {
 
         // The first full sweep: what the sweeper does, minus the store.
         let started = Instant::now();
-        let deadline = started + settings.interval.max(settings.batch.probe_timeout);
-        let (answers, stats) = describe_all(
+        let deadline = started + settings.period();
+        let (answers, stats) = observe(
             &sim,
-            &ids_to_describe(&in_scope, &Snapshot::default()),
-            settings.batch,
+            &to_ask(&in_scope, &Snapshot::default()),
+            batch,
             deadline,
         )
         .await;
@@ -524,15 +556,9 @@ pub fn run_case(case: Case) -> CaseResult {
             last_start = Instant::now();
             let mut swept = in_scope.clone();
             fair_order(&mut swept, &previous, usize::MAX);
-            let deadline = last_start + settings.interval.max(settings.batch.probe_timeout);
+            let deadline = last_start + settings.period();
             let calls_before = sim.calls.load(Ordering::Relaxed);
-            let (answers, _) = describe_all(
-                &sim,
-                &ids_to_describe(&swept, &previous),
-                settings.batch,
-                deadline,
-            )
-            .await;
+            let (answers, _) = observe(&sim, &to_ask(&swept, &previous), batch, deadline).await;
             steady_calls.get_or_insert(sim.calls.load(Ordering::Relaxed) - calls_before);
             ever.extend(
                 answers

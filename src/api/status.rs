@@ -57,6 +57,25 @@ pub struct WorkspaceStatus {
     pub conditions: Vec<Condition>,
 }
 
+impl WorkspaceStatus {
+    /// The id of the backend recorded now, whatever the runtime: an EC2
+    /// instance id or a Pod's name.
+    pub fn backend_id(&self) -> Option<&str> {
+        self.instance_id.as_deref().or(self.pod_name.as_deref())
+    }
+
+    /// Records (or, with `None`, forgets) the backend of a runtime in the
+    /// field `kubectl get ws` shows for it.
+    pub fn set_backend_id(&mut self, runtime: super::Runtime, id: Option<String>) {
+        match runtime {
+            super::Runtime::Ec2 => self.instance_id = id,
+            super::Runtime::Container => self.pod_name = id,
+            // Its heartbeat Lease is named after the Workspace: nothing to record.
+            super::Runtime::External => {}
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum Phase {
     Pending,

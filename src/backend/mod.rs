@@ -1,3 +1,194 @@
 //! Backends: the only code that talks to the outside world about workspaces.
+//!
+//! A runtime is one module behind [`Backend`]: observe many at once, provision,
+//! start, stop, tear down, each refusing to touch what the Workspace does not
+//! own. The decision core, the sweep and the reconciler know a runtime only
+//! through this interface and its registration in [`Backends`].
+
+mod error;
+mod owner;
 
 pub mod ec2;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use tokio::time::Instant;
+
+pub use error::{BackendError, CallError, ErrorKind};
+pub use owner::Owner;
+
+use crate::api::{Runtime, Workspace};
+use crate::core::Observation;
+
+/// What to ask a backend about one Workspace: the backend status records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The backend's own id, e.g. an EC2 instance id.
+    pub id: String,
+    /// Where it lives, e.g. an EC2 region; the circuit breaker groups by it.
+    pub location: String,
+    /// The data volume that must be attached for it to count as running.
+    pub volume_id: Option<String>,
+    /// When it was launched: right after a launch a not-found proves nothing.
+    pub launched_at: Option<Timestamp>,
+}
+
+/// What one answer says about one backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sighting {
+    pub observation: Observation,
+    /// When the call that answered was sent (when the look began, if nothing
+    /// answered): an answer asked before a restart must not undo it.
+    pub asked_at: Timestamp,
+    /// The failure domain it runs in (an availability zone), if the answer says.
+    pub zone: Option<String>,
+    /// A proven absence: asked about by its id, the backend said it does not
+    /// exist. Ids are never reused, so this answer is settled.
+    pub absent: bool,
+}
+
+impl Sighting {
+    /// No clean answer.
+    pub fn unknown(error: impl Into<String>, asked_at: Timestamp) -> Self {
+        Sighting {
+            observation: Observation::Unknown {
+                error: error.into(),
+            },
+            asked_at,
+            zone: None,
+            absent: false,
+        }
+    }
+}
+
+/// Counters of one round of calls, for metrics and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallStats {
+    pub ok: usize,
+    pub throttled: usize,
+    pub failed: usize,
+    pub timed_out: usize,
+    /// Calls naming ids that a listing left out, to prove them absent.
+    pub confirmations: usize,
+    pub limiter_wait: Duration,
+}
+
+impl CallStats {
+    pub fn add(&mut self, other: &CallStats) {
+        self.ok += other.ok;
+        self.throttled += other.throttled;
+        self.failed += other.failed;
+        self.timed_out += other.timed_out;
+        self.confirmations += other.confirmations;
+        self.limiter_wait += other.limiter_wait;
+    }
+}
+
+/// The answers of one `observe`: one sighting per probe, in the probes' order.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub sightings: Vec<Sighting>,
+    pub calls: CallStats,
+}
+
+/// Where a launch or teardown stands after one step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Persist this in status before anything else happens.
+    Record(Record),
+    /// Something is under way; look again shortly.
+    Wait(String),
+    /// Nothing left to do.
+    Done,
+}
+
+/// Facts that must reach status before the next mutating call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// The data volume exists: its id, and where it lives.
+    Volume {
+        id: String,
+        region: String,
+        zone: String,
+    },
+    /// Launch number `n` is about to be attempted; it retires the previous
+    /// backend and keys the launch's idempotency token.
+    LaunchReserved(u32),
+    /// The backend of the reserved launch exists.
+    Launched { id: String, at: Timestamp },
+}
+
+/// One runtime. Every method reads what it needs from the Workspace and its
+/// status as the reconciler last read them.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The runtime this backend serves.
+    fn runtime(&self) -> Runtime;
+
+    /// Where its answers come from, as `status.observation.source` records it.
+    fn source(&self) -> &'static str;
+
+    /// The kind of the backend object, named in events as their related object.
+    fn object_kind(&self) -> &'static str;
+
+    /// Whether the sweeper covers this runtime. One driven by its own
+    /// heartbeats is not swept.
+    fn swept(&self) -> bool {
+        true
+    }
+
+    /// What to ask about the backend that status records, if any.
+    fn probe(&self, ws: &Workspace) -> Option<Probe>;
+
+    /// Looks at many backends at once, batched, every call with its own
+    /// timeout and the whole bounded by `deadline`. Never fails as a whole:
+    /// whatever has no clean answer is `Unknown`.
+    async fn observe(&self, probes: &[Probe], deadline: Instant) -> Observed;
+
+    /// One idempotent step towards a running backend.
+    async fn provision(&self, ws: &Workspace) -> Result<Step, BackendError>;
+
+    /// Starts the stopped backend in place.
+    async fn start(&self, ws: &Workspace) -> Result<(), BackendError>;
+
+    /// Stops the backend, keeping its data; `hibernate` keeps its memory too.
+    async fn stop(&self, ws: &Workspace, hibernate: bool) -> Result<(), BackendError>;
+
+    /// One step of releasing everything the Workspace owns, keeping or
+    /// deleting its data as `reclaimPolicy` says. Foreign resources are left
+    /// alone and reported in `skipped`.
+    async fn teardown(
+        &self,
+        ws: &Workspace,
+        skipped: &mut Vec<String>,
+    ) -> Result<Step, BackendError>;
+
+    /// The note that announces a finished teardown.
+    fn released(&self, ws: &Workspace) -> String;
+}
+
+/// The registered runtimes. Adding one is one `register` call.
+#[derive(Clone, Default)]
+pub struct Backends {
+    all: Vec<Arc<dyn Backend>>,
+}
+
+impl Backends {
+    pub fn register(&mut self, backend: Arc<dyn Backend>) -> &mut Self {
+        self.all.retain(|b| b.runtime() != backend.runtime());
+        self.all.push(backend);
+        self
+    }
+
+    /// The backend of a runtime, if one is registered.
+    pub fn of(&self, runtime: Runtime) -> Option<&Arc<dyn Backend>> {
+        self.all.iter().find(|b| b.runtime() == runtime)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
+        self.all.iter()
+    }
+}

@@ -9,11 +9,13 @@ mod decide;
 mod observation;
 pub mod restart;
 mod transition;
+mod trust;
 
 pub use decide::{Action, Facts, Plan, decide};
 pub use observation::{Halt, NotRunning, Observation};
 pub use restart::RestartGate;
 pub use transition::{IllegalTransition, can_transition, transition};
+pub use trust::{DirectLook, Hold, SweepAnswer, judge_direct_look, trust_sweep, uncertain_since};
 
 /// Time from `since` to `now`; `None` when `since` is later (a clock step back).
 pub fn elapsed(since: jiff::Timestamp, now: jiff::Timestamp) -> Option<std::time::Duration> {

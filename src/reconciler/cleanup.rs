@@ -27,15 +27,13 @@ pub(super) async fn cleanup(
         };
         commit(ws, ctx, api, &old, outcome).await?;
     }
-    if ws.spec.runtime != Runtime::Ec2 {
+    let Some(backend) = ctx.backend(ws) else {
         return Ok(None);
-    }
-    let spec = ws.spec.ec2.clone().unwrap_or_default();
+    };
     let ns = ws.namespace().unwrap_or_default();
     let name = ws.name_any();
-    let owner = Owner::of(ws, &ctx.settings.cluster_name);
     let mut skipped = Vec::new();
-    let step = ctx.ec2.teardown(&spec, &old, &owner, &mut skipped).await;
+    let step = backend.teardown(ws, &mut skipped).await;
     for why in skipped {
         warn!(workspace = %name, namespace = %ns, "left alone during deletion: {why}");
         let event = Event {
@@ -69,17 +67,9 @@ pub(super) async fn cleanup(
     };
     match step {
         Step::Wait(why) => Err(Error::TeardownInProgress(why)),
-        Step::Done | Step::Record(_) => {
-            let kept = match spec.volume.reclaim_policy {
-                api::ReclaimPolicy::Retain => "retained",
-                api::ReclaimPolicy::Delete => "deleted",
-            };
-            let note = match &old.volume_id {
-                Some(v) => format!("instance terminated; data volume {v} {kept}"),
-                None => "nothing left to release".to_owned(),
-            };
-            Ok(Some(Released { note }))
-        }
+        Step::Done | Step::Record(_) => Ok(Some(Released {
+            note: backend.released(ws),
+        })),
     }
 }
 

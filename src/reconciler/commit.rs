@@ -3,7 +3,7 @@
 use super::*;
 
 /// Applies a backend record to status.
-pub(super) fn apply_record(status: &mut WorkspaceStatus, record: &Record) {
+pub(super) fn apply_record(status: &mut WorkspaceStatus, runtime: api::Runtime, record: &Record) {
     match record {
         Record::Volume { id, region, zone } => {
             status.volume_id = Some(id.clone());
@@ -13,11 +13,11 @@ pub(super) fn apply_record(status: &mut WorkspaceStatus, record: &Record) {
         Record::LaunchReserved(n) => {
             // A new launch number retires the previous instance, if any.
             status.launch_number = Some(*n);
-            status.instance_id = None;
+            status.set_backend_id(runtime, None);
             status.launched_at = None;
         }
-        Record::Launched { instance_id, at } => {
-            status.instance_id = Some(instance_id.clone());
+        Record::Launched { id, at } => {
+            status.set_backend_id(runtime, Some(id.clone()));
             status.launched_at = Some(Time(*at));
         }
     }
@@ -38,7 +38,7 @@ pub(super) async fn commit(
     new.phase = Some(outcome.phase);
     new.observed_generation = ws.metadata.generation;
     if let Some(r) = &outcome.record {
-        apply_record(&mut new, r);
+        apply_record(&mut new, ws.spec.runtime, r);
     }
     if let Some(retry) = &outcome.retry_handled {
         new.handled_retry = Some(retry.clone());
@@ -60,8 +60,10 @@ pub(super) async fn commit(
     if let Some(refresh) = &outcome.refresh_handled {
         new.handled_refresh = Some(refresh.clone());
     }
+    let backend = ctx.backend(ws);
     if let Some(obs) = &outcome.observation {
-        record_observation(&mut new, obs, outcome.asked_at);
+        let source = backend.map_or("unknown", |b| b.source());
+        record_observation(&mut new, obs, outcome.asked_at, source);
         new.uncertain_since = outcome.uncertain_since.map(Time);
     }
     let wanted = conditions::wanted_conditions(&conditions::Inputs {
@@ -79,15 +81,18 @@ pub(super) async fn commit(
     status::write(api, ws, old, &new).await?;
 
     // The recorder folds repeats of the same reason and action into one event
-    // series; naming the instance as the related object keeps a new
-    // instance's events apart from the old one's.
-    let instance = new.instance_id.as_ref().map(|id| ObjectReference {
-        kind: Some("EC2Instance".into()),
-        name: Some(id.clone()),
-        ..Default::default()
-    });
+    // series; naming the backend as the related object keeps a new
+    // backend's events apart from the old one's.
+    let related = new
+        .backend_id()
+        .zip(backend)
+        .map(|(id, b)| ObjectReference {
+            kind: Some(b.object_kind().into()),
+            name: Some(id.to_owned()),
+            ..Default::default()
+        });
     for mut event in events_for(old, &new, &outcome) {
-        event.secondary = instance.clone();
+        event.secondary = related.clone();
         publish(ctx, ws, event).await;
     }
     if from != outcome.phase {
@@ -110,6 +115,7 @@ pub(super) fn record_observation(
     status: &mut WorkspaceStatus,
     obs: &Observation,
     asked_at: Timestamp,
+    source: &str,
 ) {
     let Some(state) = obs.state_name() else {
         return;
@@ -127,7 +133,7 @@ pub(super) fn record_observation(
             state: state.to_owned(),
             reason,
             observed_at: Time(asked_at),
-            source: "ec2:DescribeInstances".into(),
+            source: source.to_owned(),
         });
     }
 }
@@ -190,11 +196,9 @@ pub(super) fn events_for(
             format!("data volume {id} in {zone}"),
             outcome.action,
         )),
-        Some(Record::Launched { instance_id, .. }) => events.push(normal(
-            "Launched",
-            format!("instance {instance_id}"),
-            outcome.action,
-        )),
+        Some(Record::Launched { id, .. }) => {
+            events.push(normal("Launched", format!("launched {id}"), outcome.action))
+        }
         _ => {}
     }
     events

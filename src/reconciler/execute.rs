@@ -9,9 +9,13 @@ pub(super) fn fail(
     action: Action,
     e: BackendError,
     ctx: &Context,
-    name: &str,
-    ns: &str,
+    ws: &Workspace,
 ) {
+    let (name, ns, runtime) = (
+        ws.name_any(),
+        ws.namespace().unwrap_or_default(),
+        ws.spec.runtime,
+    );
     let message = e.to_string();
     match &e {
         BackendError::NotOwned { .. } => {
@@ -19,11 +23,12 @@ pub(super) fn fail(
             outcome.phase = phase;
             outcome.problem = Some(Problem::failure("ForeignResource", message));
         }
-        BackendError::Aws(aws) => {
-            ctx.metrics.aws_error(aws.operation, aws.kind);
+        BackendError::Call(call) => {
+            ctx.metrics
+                .backend_error(runtime, call.operation, call.kind);
             let launching = matches!(action, Action::Provision | Action::Start);
-            match aws.kind {
-                AwsErrorKind::InvalidParameter if launching => failed(
+            match call.kind {
+                ErrorKind::InvalidParameter if launching => failed(
                     outcome,
                     phase,
                     if action == Action::Start {
@@ -33,9 +38,9 @@ pub(super) fn fail(
                     },
                     message,
                 ),
-                AwsErrorKind::Auth => {
-                    error!(workspace = %name, namespace = %ns, "AWS rejected tend's credentials: {message}");
-                    outcome.problem = Some(Problem::failure("AwsAuthFailed", message));
+                ErrorKind::Auth => {
+                    error!(workspace = %name, namespace = %ns, "the backend rejected tend's credentials: {message}");
+                    outcome.problem = Some(Problem::failure(auth_reason(runtime), message));
                     outcome.phase = phase;
                 }
                 _ => {
@@ -45,6 +50,15 @@ pub(super) fn fail(
             }
         }
         BackendError::Invalid(_) => failed(outcome, phase, "LaunchFailed", message),
+        // Carried out of `execute` as errors of their own before this point.
+        BackendError::InputMissing { reason, .. } => {
+            outcome.phase = phase;
+            outcome.problem = Some(Problem::failure(reason, message));
+        }
+        BackendError::InputUnreadable(_) => {
+            warn!(workspace = %name, namespace = %ns, "{message}; will retry");
+            outcome.detail = Some(format!("retrying after: {message}"));
+        }
         // Healing needs the data; an empty volume in its place would hide the
         // loss. Held until a human's tend.dev/retry (see WAITS_FOR_HUMAN).
         BackendError::VolumeLost { .. } => {
@@ -82,106 +96,70 @@ pub(super) fn failed(outcome: &mut Outcome, phase: Phase, reason: &'static str, 
     outcome.problem = Some(Problem::failure(reason, message));
 }
 
+/// The `Ready` reason of credentials the backend refused.
+fn auth_reason(runtime: crate::api::Runtime) -> &'static str {
+    match runtime {
+        crate::api::Runtime::Ec2 => "AwsAuthFailed",
+        _ => "BackendAuthFailed",
+    }
+}
+
 /// What the backend made of the action it was asked to carry out.
 pub(super) type Attempt = Result<Step, BackendError>;
 
 /// Carries out the plan's action. `Err` when the action could not even be
-/// asked for, because an input tend reads from Kubernetes (the user data) is
-/// missing or unreadable: nothing was sent to the backend, and the reconcile
-/// is retried with backoff.
+/// asked for, because an input the spec names (the user data) is missing or
+/// unreadable: nothing was sent to the backend, and the reconcile is retried
+/// with backoff.
 pub(super) async fn execute(
     ws: &Workspace,
-    ctx: &Context,
-    spec: &api::Ec2Spec,
+    backend: &dyn Backend,
     old: &WorkspaceStatus,
-    owner: &Owner<'_>,
     plan: Plan,
 ) -> Result<Attempt, Error> {
-    Ok(match plan.action {
+    let attempt = match plan.action {
         Action::None | Action::Teardown => Ok(Step::Done),
-        Action::Provision => {
-            // Only the launch itself needs the user data.
-            let user_data = if old.instance_id.is_none() && old.launch_number.is_some() {
-                read_user_data(ws, ctx, spec).await?
-            } else {
-                None
-            };
-            ctx.ec2.provision(spec, old, owner, user_data).await
-        }
-        Action::Start => ctx
-            .ec2
-            .start(spec, old, owner)
+        Action::Provision => backend.provision(ws).await,
+        Action::Start => backend
+            .start(ws)
             .await
             .map(|_| Step::Wait("starting".into())),
-        Action::Stop { hibernate } => ctx
-            .ec2
-            .stop(spec, old, owner, hibernate)
+        Action::Stop { hibernate } => backend
+            .stop(ws, hibernate)
             .await
             .map(|_| Step::Wait(if hibernate { "hibernating" } else { "stopping" }.into())),
         Action::Replace => Ok(Step::Record(Record::LaunchReserved(
             old.launch_number.unwrap_or(0) + 1,
         ))),
-    })
+    };
+    match attempt {
+        Err(BackendError::InputMissing { reason, message }) => {
+            Err(Error::InputMissing { reason, message })
+        }
+        Err(BackendError::InputUnreadable(message)) => Err(Error::InputUnreadable(message)),
+        other => Ok(other),
+    }
 }
 
-/// Reads user data from the referenced Secret, base64-encoded for RunInstances.
-/// A Secret or key that does not exist (yet) is `UserDataNotFound`; any other
-/// failure to read it is `UserDataUnreadable`, retried. The content is never
-/// logged.
-pub(super) async fn read_user_data(
-    ws: &Workspace,
-    ctx: &Context,
-    spec: &api::Ec2Spec,
-) -> Result<Option<String>, Error> {
-    use base64::Engine;
-    let Some(r) = &spec.user_data else {
-        return Ok(None);
-    };
-    let key = r.key.as_deref().unwrap_or("userData");
-    let secrets: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &ws.namespace().unwrap_or_default());
-    let secret = secrets
-        .get_opt(&r.name)
-        .await
-        .map_err(|source| Error::UserDataUnreadable {
-            secret: r.name.clone(),
-            source,
-        })?;
-    let Some(secret) = secret else {
-        return Err(Error::UserDataNotFound(format!(
-            "Secret {} does not exist; spec.ec2.userData wants its key {key}, and the launch waits for it",
-            r.name
-        )));
-    };
-    let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(key)) else {
-        return Err(Error::UserDataNotFound(format!(
-            "Secret {} has no key {key} for spec.ec2.userData; the launch waits for it",
-            r.name
-        )));
-    };
-    Ok(Some(
-        base64::engine::general_purpose::STANDARD.encode(&bytes.0),
-    ))
-}
-
-/// Reports user data that is not there (yet) as `Ready=False` with reason
-/// `UserDataNotFound`, in the phase the Workspace is in, and hands the error
-/// back so the reconcile is retried with backoff: once the Secret has the key,
-/// the launch goes on.
-pub(super) async fn user_data_not_found(
+/// Reports an input that is not there (yet), such as the user data Secret,
+/// as `Ready=False` with the backend's reason, in the phase the Workspace is
+/// in, and hands the error back so the reconcile is retried with backoff:
+/// once the input exists, the action goes on.
+pub(super) async fn input_missing(
     ws: &Workspace,
     ctx: &Context,
     api: &Api<Workspace>,
+    reason: &'static str,
     message: String,
 ) -> Result<Requeue, Error> {
     let old = ws.status.clone().unwrap_or_default();
     let outcome = Outcome {
-        problem: Some(Problem::failure("UserDataNotFound", message.clone())),
+        problem: Some(Problem::failure(reason, message.clone())),
         ..Outcome::quiet(
             old.phase.unwrap_or(Phase::Pending),
             action_name(Action::Provision),
         )
     };
     commit(ws, ctx, api, &old, outcome).await?;
-    Err(Error::UserDataNotFound(message))
+    Err(Error::InputMissing { reason, message })
 }

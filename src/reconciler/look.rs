@@ -1,9 +1,11 @@
-//! Which answer to trust: the sweep's snapshot or a direct look.
+//! Looking at the backend: the sweep's answer where the core says it may be
+//! trusted, else one direct look through the backend's own batched observe.
 
 use super::*;
-use crate::sweep::{describe_all, sighting};
+use crate::backend::Sighting;
+use crate::core::{SweepAnswer, judge_direct_look, trust_sweep};
 
-/// One answer about the recorded instance, and what the sweeper adds to it.
+/// One answer about the recorded backend, and what the sweeper adds to it.
 pub(super) struct Look {
     pub observation: Observation,
     /// When the call that gave this answer was sent.
@@ -17,41 +19,13 @@ pub(super) struct Look {
     pub refresh_handled: Option<String>,
 }
 
-/// Whether the sweep's answer may stand for a look of our own: the
-/// Workspace is settled (Online or Offline), no refresh was asked for, the
-/// answer is younger than two sweep intervals and was asked after anything
-/// status records (the last answer written, the last restart). While tend
-/// itself changes the backend (launching, starting, stopping, restarting) an
-/// answer from before that change would mislead.
-pub(super) fn trust_snapshot(
-    entry: &Entry,
-    old: &WorkspaceStatus,
-    forced: bool,
-    now: Timestamp,
-    sweep_interval: Duration,
-) -> bool {
-    let settled = matches!(old.phase, Some(Phase::Online | Phase::Offline));
-    let newest_known = [
-        old.observation.as_ref().map(|o| o.observed_at.0),
-        old.last_restart.as_ref().map(|r| r.at.0),
-    ]
-    .into_iter()
-    .flatten()
-    .max();
-    !forced
-        && settled
-        && old.instance_id.as_deref() == Some(entry.instance_id.as_str())
-        && elapsed(entry.observed_at, now).unwrap_or(Duration::MAX) < sweep_interval * 2
-        && newest_known.is_none_or(|t| entry.observed_at >= t)
-}
-
 /// The sweeper's answer where it may be trusted; otherwise, or when
 /// `tend.dev/refresh` has a new value, one direct look through the same
-/// batched describe the sweep uses, absence proven by id.
+/// batched, bounded observe the sweep uses.
 pub(super) async fn look(
     ws: &Workspace,
     ctx: &Context,
-    spec: &api::Ec2Spec,
+    backend: &dyn Backend,
     old: &WorkspaceStatus,
     now: Timestamp,
 ) -> Look {
@@ -61,7 +35,16 @@ pub(super) async fn look(
     let snapshot = ctx.snapshot.borrow().clone();
     let entry = snapshot.get(&uid);
     if let Some(entry) = entry
-        && trust_snapshot(entry, old, forced, now, ctx.settings.sweep_interval)
+        && trust_sweep(
+            SweepAnswer {
+                backend_id: &entry.backend_id,
+                observed_at: entry.observed_at,
+            },
+            old,
+            forced,
+            now,
+            ctx.settings.sweep_interval,
+        )
     {
         debug!(workspace = %ws.name_any(), sweep = snapshot.sweep, "using the sweep's answer");
         return Look {
@@ -73,65 +56,35 @@ pub(super) async fn look(
             refresh_handled: None,
         };
     }
-    let instance_id = old.instance_id.clone().unwrap_or_default();
-    let region = ctx.ec2.region_of(spec, old).to_owned();
-    let ids = HashMap::from([(region, vec![instance_id.clone()])]);
-    let batch = ctx.settings.batch;
-    // A filtered describe, then at most a confirmation by id.
-    let deadline = tokio::time::Instant::now() + batch.probe_timeout * 3;
-    let (answers, _) = describe_all(&*ctx.ec2, &ids, batch, deadline).await;
-    let seen = sighting(
-        &instance_id,
-        old.volume_id.as_deref(),
-        old.launched_at.as_ref().map(|t| t.0),
-        answers.get(&instance_id),
-        ctx.settings.not_found_grace,
-        Timestamp::now(),
-    );
+    let seen = match backend.probe(ws) {
+        Some(probe) => {
+            // A listing, then at most a confirmation by id.
+            let deadline = tokio::time::Instant::now() + ctx.settings.probe_timeout * 3;
+            let observed = backend
+                .observe(std::slice::from_ref(&probe), deadline)
+                .await;
+            observed
+                .sightings
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Sighting::unknown("the backend gave no answer", now))
+        }
+        None => Sighting::unknown("nothing recorded to look at", now),
+    };
     let observation = seen.observation;
     debug!(workspace = %ws.name_any(), forced, ?observation, "looked directly");
     ctx.metrics.observed(&observation);
-    let dead = matches!(observation, Observation::NotRunning(_));
-    let alive = matches!(
-        observation,
-        Observation::Running | Observation::Pending { .. }
-    );
-    // A direct look that does not contradict a held sweep answer stays held.
-    let hold = match entry {
-        Some(e)
-            if !alive
-                && e.instance_id == instance_id
-                && matches!(e.hold, Hold::Suspected { .. }) =>
-        {
-            e.hold
-        }
-        _ => Hold::None,
-    };
+    let held = entry
+        .filter(|e| Some(e.backend_id.as_str()) == old.backend_id())
+        .map(|e| e.hold);
+    let judged = judge_direct_look(&observation, held, forced, old.phase);
     Look {
         observation,
         asked_at: seen.asked_at,
         last_clean_at: None,
-        hold,
-        // Only the sweep sees the whole fleet, so only the sweep (and its
-        // circuit breaker) may take a running Workspace offline; a user's
-        // refresh is the one exception.
-        await_sweep: dead && !forced && old.phase == Some(Phase::Online),
+        hold: judged.hold,
+        await_sweep: judged.await_sweep,
         refresh_handled: if forced { refresh.cloned() } else { None },
-    }
-}
-
-/// The staleness clock after this look: cleared by a clean answer; started
-/// by the first Unknown at the time of the last clean answer known (or of
-/// this look), and kept as it is by further Unknowns.
-pub(super) fn uncertain_since(look: &Look, old: &WorkspaceStatus) -> Option<Timestamp> {
-    match look.observation {
-        Observation::Unknown { .. } => old
-            .uncertain_since
-            .as_ref()
-            .map(|t| t.0)
-            .or(look.last_clean_at)
-            .or(Some(look.asked_at)),
-        _ => None,
     }
 }
 
@@ -194,117 +147,12 @@ mod tests {
         Timestamp::from_second(1_000_000 + secs).unwrap()
     }
 
-    fn entry(observed: i64) -> Entry {
-        Entry {
-            instance_id: "i-1".into(),
-            observation: Observation::Running,
-            observed_at: at(observed),
-            last_clean_at: at(observed),
-            stale: false,
-            zone: None,
-            absent: false,
-            hold: Hold::None,
-            held_retry: None,
-        }
-    }
-
     fn online() -> WorkspaceStatus {
         WorkspaceStatus {
             phase: Some(Phase::Online),
             instance_id: Some("i-1".into()),
             ..Default::default()
         }
-    }
-
-    const INTERVAL: Duration = Duration::from_secs(60);
-
-    #[test]
-    fn a_fresh_sweep_answer_about_a_settled_workspace_is_trusted() {
-        assert!(trust_snapshot(
-            &entry(0),
-            &online(),
-            false,
-            at(30),
-            INTERVAL
-        ));
-        // Too old, asked for a refresh, another instance, not settled.
-        assert!(!trust_snapshot(
-            &entry(0),
-            &online(),
-            false,
-            at(121),
-            INTERVAL
-        ));
-        assert!(!trust_snapshot(
-            &entry(0),
-            &online(),
-            true,
-            at(30),
-            INTERVAL
-        ));
-        let replaced = WorkspaceStatus {
-            instance_id: Some("i-2".into()),
-            ..online()
-        };
-        assert!(!trust_snapshot(
-            &entry(0),
-            &replaced,
-            false,
-            at(30),
-            INTERVAL
-        ));
-        let restarting = WorkspaceStatus {
-            phase: Some(Phase::Restarting),
-            ..online()
-        };
-        assert!(!trust_snapshot(
-            &entry(0),
-            &restarting,
-            false,
-            at(30),
-            INTERVAL
-        ));
-    }
-
-    #[test]
-    fn an_answer_asked_before_a_restart_or_a_newer_answer_never_acts() {
-        let restarted_after = WorkspaceStatus {
-            last_restart: Some(api::RestartRecord {
-                at: Time(at(10)),
-                reason: "InstanceStopped".into(),
-            }),
-            ..online()
-        };
-        assert!(!trust_snapshot(
-            &entry(5),
-            &restarted_after,
-            false,
-            at(30),
-            INTERVAL
-        ));
-        assert!(trust_snapshot(
-            &entry(15),
-            &restarted_after,
-            false,
-            at(30),
-            INTERVAL
-        ));
-        let answered_after = WorkspaceStatus {
-            observation: Some(api::ObservationRecord {
-                state: "Running".into(),
-                reason: None,
-                observed_at: Time(at(10)),
-                source: "ec2:DescribeInstances".into(),
-            }),
-            ..online()
-        };
-        assert!(!trust_snapshot(
-            &entry(5),
-            &answered_after,
-            false,
-            at(30),
-            INTERVAL
-        ));
     }
 
     fn look(observation: Observation, hold: Hold) -> Look {
@@ -322,26 +170,6 @@ mod tests {
         Observation::Unknown {
             error: "throttled".into(),
         }
-    }
-
-    #[test]
-    fn the_staleness_clock_starts_at_the_last_clean_answer_and_a_clean_answer_clears_it() {
-        let mut first = look(unknown(), Hold::None);
-        first.last_clean_at = Some(at(40));
-        assert_eq!(uncertain_since(&first, &online()), Some(at(40)));
-        // Without the sweep's memory: the time of this look.
-        assert_eq!(
-            uncertain_since(&look(unknown(), Hold::None), &online()),
-            Some(at(100))
-        );
-        let running_since = WorkspaceStatus {
-            uncertain_since: Some(Time(at(7))),
-            ..online()
-        };
-        // Further Unknowns keep the persisted clock, whatever they say.
-        assert_eq!(uncertain_since(&first, &running_since), Some(at(7)));
-        let clean = look(Observation::Running, Hold::None);
-        assert_eq!(uncertain_since(&clean, &running_since), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! core what to do, has the backend do it, records what is now true, and only
 //! then tells the world (events).
 
+mod apply;
 mod cleanup;
 mod commit;
 mod conditions;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::controller::{self, Action as Requeue, Controller};
@@ -27,28 +28,28 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+use apply::{Outcome, action_name, apply, ready_reason};
 use cleanup::cleanup;
 use commit::commit;
 use conditions::Problem;
-use execute::{execute, fail, user_data_not_found};
-use look::{look, uncertain_since, uncertainty};
+use execute::{execute, fail, input_missing};
+use look::{look, uncertainty};
 
 use crate::api::{
     self, FINALIZER, ObservationRecord, Phase, REFRESH_ANNOTATION, RETRY_ANNOTATION, RestartPolicy,
-    RestartRecord, Runtime, Workspace, WorkspaceStatus, condition,
+    RestartRecord, Workspace, WorkspaceStatus, condition,
 };
-use crate::backend::ec2::{AwsErrorKind, BackendError, Ec2Backend, Owner, Record, Step};
+use crate::backend::{Backend, BackendError, Backends, ErrorKind, Record, Step};
 use crate::core::{
-    Action, Facts, IllegalTransition, Observation, Plan, RestartGate, decide, elapsed, restart,
-    transition,
+    Action, Facts, Hold, IllegalTransition, Observation, Plan, RestartGate, decide, elapsed,
+    restart, transition,
 };
 use crate::metrics::Metrics;
-use crate::sweep::{BatchSettings, Entry, Hold, Snapshot};
+use crate::sweep::Snapshot;
 
 /// How the reconciler paces itself.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub cluster_name: String,
     /// How soon to look again while something is under way.
     pub progress_interval: Duration,
     /// How often a settled Workspace is looked at again.
@@ -61,10 +62,8 @@ pub struct Settings {
     /// fresh enough to act on.
     pub sweep_interval: Duration,
     pub concurrency: u16,
-    /// How direct looks describe: the same batched, bounded calls as the sweep.
-    pub batch: BatchSettings,
-    /// How long after launch a missing instance is not yet proof of death.
-    pub not_found_grace: Duration,
+    /// The timeout of one backend call; a direct look may make a few.
+    pub probe_timeout: Duration,
     /// Only Unknown answers this long: `Ready=Unknown`/`ObservationStale`.
     pub stale_after: Duration,
 }
@@ -73,7 +72,7 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
-    pub ec2: Arc<Ec2Backend>,
+    pub backends: Backends,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
@@ -83,7 +82,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
-        ec2: Arc<Ec2Backend>,
+        backends: Backends,
         settings: Settings,
         metrics: Arc<Metrics>,
         snapshot: watch::Receiver<Arc<Snapshot>>,
@@ -92,7 +91,7 @@ impl Context {
         Context {
             client,
             recorder,
-            ec2,
+            backends,
             settings,
             metrics,
             snapshot,
@@ -112,6 +111,11 @@ impl Context {
     fn succeeded(&self, uid: &str) {
         self.failures.lock().expect("backoff lock").remove(uid);
     }
+
+    /// The backend of the Workspace's runtime, if one is registered.
+    fn backend(&self, ws: &Workspace) -> Option<&dyn Backend> {
+        self.backends.of(ws.spec.runtime).map(|b| &**b)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,18 +130,17 @@ pub enum Error {
     Illegal(#[from] IllegalTransition),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
-    /// The Secret named by `spec.ec2.userData`, or its key, does not exist
-    /// (yet). The message names both.
-    #[error("{0}")]
-    UserDataNotFound(String),
-    /// The Secret named by `spec.ec2.userData` could not be read (API error,
-    /// timeout, connection).
-    #[error("reading Secret {secret} for spec.ec2.userData: {source}")]
-    UserDataUnreadable {
-        secret: String,
-        #[source]
-        source: kube::Error,
+    /// An input the spec names (the user data Secret, or its key) does not
+    /// exist (yet). `reason` is the condition reason; the message names it.
+    #[error("{message}")]
+    InputMissing {
+        reason: &'static str,
+        message: String,
     },
+    /// An input the spec names could not be read (API error, timeout,
+    /// connection).
+    #[error("{0}")]
+    InputUnreadable(String),
 }
 
 impl Error {
@@ -166,8 +169,8 @@ impl Error {
                 }
                 _ => "finalizer",
             },
-            Error::UserDataNotFound(_) => "user_data_not_found",
-            Error::UserDataUnreadable { .. } => "user_data_unreadable",
+            Error::InputMissing { .. } => "input_missing",
+            Error::InputUnreadable(_) => "input_unreadable",
         }
     }
 }
@@ -209,8 +212,8 @@ async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Requeue, Err
     let result = finalizer(&api, FINALIZER, ws.clone(), |event| async {
         match event {
             finalizer::Event::Apply(ws) => match apply(&ws, &ctx, &api).await {
-                Err(Error::UserDataNotFound(message)) => {
-                    user_data_not_found(&ws, &ctx, &api, message).await
+                Err(Error::InputMissing { reason, message }) => {
+                    input_missing(&ws, &ctx, &api, reason, message).await
                 }
                 other => other,
             },
@@ -245,229 +248,6 @@ fn error_policy(ws: Arc<Workspace>, err: &Error, ctx: Arc<Context>) -> Requeue {
     Requeue::requeue(delay)
 }
 
-/// `Ready` reasons of a Failed Workspace that wait for a human's
-/// `tend.dev/retry` rather than for a retry with backoff.
-pub const WAITS_FOR_HUMAN: &[&str] = &["CrashLoop", "VolumeLost"];
-
-/// What one reconcile concluded, before it is written.
-struct Outcome {
-    phase: Phase,
-    /// This reconcile's look, if it looked.
-    observation: Option<Observation>,
-    /// When the look's call was sent.
-    asked_at: Timestamp,
-    /// The staleness clock after the look (written only with a look).
-    uncertain_since: Option<Timestamp>,
-    problem: Option<Problem>,
-    detail: Option<String>,
-    record: Option<Record>,
-    action: &'static str,
-    /// A new `tend.dev/retry` value: clears the restart history.
-    retry_handled: Option<String>,
-    /// A new `tend.dev/refresh` value that this reconcile's look answered.
-    refresh_handled: Option<String>,
-}
-
-impl Outcome {
-    /// An outcome that looked at nothing and changes only the phase.
-    fn quiet(phase: Phase, action: &'static str) -> Self {
-        Outcome {
-            phase,
-            observation: None,
-            asked_at: Timestamp::now(),
-            uncertain_since: None,
-            problem: None,
-            detail: None,
-            record: None,
-            action,
-            retry_handled: None,
-            refresh_handled: None,
-        }
-    }
-
-    fn problem(phase: Phase, reason: &'static str, message: String) -> Self {
-        Outcome {
-            problem: Some(Problem::failure(reason, message)),
-            ..Outcome::quiet(phase, "Validate")
-        }
-    }
-}
-
-async fn apply(ws: &Workspace, ctx: &Context, api: &Api<Workspace>) -> Result<Requeue, Error> {
-    let old = ws.status.clone().unwrap_or_default();
-    let phase = old.phase.unwrap_or(Phase::Pending);
-    let uid = ws.uid().unwrap_or_default();
-
-    if let Err(violation) = api::validate(ws) {
-        commit(
-            ws,
-            ctx,
-            api,
-            &old,
-            Outcome::problem(phase, "InvalidSpec", violation.message),
-        )
-        .await?;
-        return Ok(Requeue::await_change());
-    }
-    if ws.spec.runtime != Runtime::Ec2 {
-        let message = format!("runtime {} is not supported yet", ws.spec.runtime.as_str());
-        commit(
-            ws,
-            ctx,
-            api,
-            &old,
-            Outcome::problem(phase, "RuntimeNotSupported", message),
-        )
-        .await?;
-        return Ok(Requeue::await_change());
-    }
-    let spec = ws
-        .spec
-        .ec2
-        .as_ref()
-        .expect("validated: ec2 runtime has an ec2 block");
-    let ns = ws.namespace().unwrap_or_default();
-    let name = ws.name_any();
-    let owner = Owner::of(ws, &ctx.settings.cluster_name);
-
-    let now = Timestamp::now();
-    let retry = ws.annotations().get(RETRY_ANNOTATION).cloned();
-    let retry_handled = retry.filter(|r| old.handled_retry.as_ref() != Some(r));
-    let history: Vec<Timestamp> = if retry_handled.is_some() {
-        Vec::new()
-    } else {
-        old.recent_restarts.iter().map(|t| t.0).collect()
-    };
-    let gate = restart::gate(&history, now, ctx.settings.restart_backoff);
-    let has_backend = old.instance_id.is_some();
-    let look = if has_backend {
-        Some(look(ws, ctx, spec, &old, now).await)
-    } else {
-        None
-    };
-    let unlaunched = Observation::Pending {
-        detail: "nothing launched yet".into(),
-    };
-    let observation = look.as_ref().map(|l| &l.observation).unwrap_or(&unlaunched);
-    let suspected = look
-        .as_ref()
-        .is_some_and(|l| l.await_sweep || matches!(l.hold, Hold::Suspected { .. }));
-    let held = retry_handled.is_none()
-        && phase == Phase::Failed
-        && ready_reason(&old).is_some_and(|r| WAITS_FOR_HUMAN.contains(&r));
-    let plan = decide(&Facts {
-        desired: ws.spec.desired_state,
-        restart_policy: ws.spec.restart_policy,
-        phase,
-        deleting: false,
-        has_backend,
-        observation,
-        held,
-        suspected_outage: suspected,
-        restart_gate: gate,
-        restart_settled: old
-            .last_restart
-            .as_ref()
-            .is_none_or(|r| elapsed(r.at.0, now).unwrap_or_default() >= restart::SETTLE),
-    });
-    if let Err(illegal) = transition(phase, plan.phase) {
-        // A bug in the decision table; refuse rather than write a lie.
-        error!(workspace = %name, namespace = %ns, "{illegal}");
-        return Err(illegal.into());
-    }
-
-    let uncertain_since = look.as_ref().and_then(|l| uncertain_since(l, &old));
-    let stale_in = uncertain_since.map(|since| {
-        let unknown_for = elapsed(since, now).unwrap_or_default();
-        ctx.settings.stale_after.saturating_sub(unknown_for)
-    });
-    let stale = stale_in.is_some_and(|left| left.is_zero());
-    let mut outcome = Outcome {
-        phase: plan.phase,
-        observation: look.as_ref().map(|l| l.observation.clone()),
-        asked_at: look.as_ref().map_or(now, |l| l.asked_at),
-        uncertain_since,
-        problem: uncertainty(look.as_ref(), &old, stale),
-        detail: None,
-        record: None,
-        action: action_name(plan.action),
-        retry_handled,
-        refresh_handled: look.as_ref().and_then(|l| l.refresh_handled.clone()),
-    };
-    if plan.phase == Phase::Failed && phase != Phase::Failed && gate == RestartGate::CrashLoop {
-        outcome.problem = Some(Problem::failure(
-            "CrashLoop",
-            format!(
-                "restarted {} times within {} minutes; set the {RETRY_ANNOTATION} annotation to a new value to try again",
-                restart::CRASH_LOOP_RESTARTS,
-                restart::CRASH_LOOP_WINDOW.as_secs() / 60
-            ),
-        ));
-    }
-    let mut requeue = match gate {
-        RestartGate::Wait(wait) if plan.phase == Phase::Offline => {
-            wait.min(steady_requeue(ctx, plan.phase))
-        }
-        _ => steady_requeue(ctx, plan.phase),
-    };
-    // Look again when the answers would turn stale, so the condition says
-    // so on time.
-    if let Some(left) = stale_in.filter(|left| !left.is_zero()) {
-        requeue = requeue.min(left + Duration::from_millis(50));
-    }
-    match execute(ws, ctx, spec, &old, &owner, plan).await? {
-        Ok(Step::Record(r)) => {
-            outcome.record = Some(r);
-            requeue = Duration::from_millis(50);
-            ctx.succeeded(&uid);
-        }
-        Ok(Step::Wait(why)) => {
-            outcome.detail = Some(why);
-            requeue = ctx.settings.progress_interval;
-            ctx.succeeded(&uid);
-        }
-        Ok(Step::Done) => ctx.succeeded(&uid),
-        Err(e) => {
-            requeue = ctx.backoff(&uid);
-            // What did not happen is not announced: no phase change, no
-            // restart counted, unless the failure itself is the news.
-            outcome.phase = phase;
-            fail(&mut outcome, phase, plan.action, e, ctx, &name, &ns);
-        }
-    }
-    commit(ws, ctx, api, &old, outcome).await?;
-    Ok(Requeue::requeue(requeue))
-}
-
-fn action_name(action: Action) -> &'static str {
-    match action {
-        Action::None => "Observe",
-        Action::Provision => "Provision",
-        Action::Start => "Start",
-        Action::Stop { hibernate: false } => "Stop",
-        Action::Stop { hibernate: true } => "Hibernate",
-        Action::Replace => "Replace",
-        Action::Teardown => "Teardown",
-    }
-}
-
-fn steady_requeue(ctx: &Context, phase: Phase) -> Duration {
-    match phase {
-        Phase::Online | Phase::Stopped | Phase::Hibernated | Phase::Failed => {
-            ctx.settings.resync_interval
-        }
-        _ => ctx.settings.progress_interval,
-    }
-}
-
-fn ready_reason(status: &WorkspaceStatus) -> Option<&str> {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == condition::READY)
-        .map(|c| c.reason.as_str())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,9 +255,12 @@ mod tests {
     #[test]
     fn errors_inside_the_finalizer_helper_are_labelled_by_their_cause() {
         let apply = Error::Finalizer(Box::new(finalizer::Error::ApplyFailed(
-            Error::UserDataNotFound("Secret dev-init has no key userData".into()),
+            Error::InputMissing {
+                reason: "UserDataNotFound",
+                message: "Secret dev-init has no key userData".into(),
+            },
         )));
-        assert_eq!(apply.metric_label(), "user_data_not_found");
+        assert_eq!(apply.metric_label(), "input_missing");
         let cleanup = Error::Finalizer(Box::new(finalizer::Error::CleanupFailed(
             Error::TeardownInProgress("terminating i-1".into()),
         )));

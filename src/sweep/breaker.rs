@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::snapshot::{Death, Entry, Hold};
-use crate::core::Observation;
+use super::snapshot::{Death, Entry};
+use crate::core::{Hold, Observation};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BreakerSettings {
@@ -28,8 +28,8 @@ pub struct BreakerSettings {
 #[derive(Debug, Clone)]
 pub struct Sample<'a> {
     pub uid: &'a str,
-    pub instance_id: &'a str,
-    pub region: &'a str,
+    pub backend_id: &'a str,
+    pub location: &'a str,
     pub zone: Option<&'a str>,
     pub now: &'a Observation,
     pub before: Option<&'a Entry>,
@@ -46,7 +46,7 @@ pub struct Sample<'a> {
 /// A group (a region, or one zone of it) that tripped in this sweep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trip {
-    pub region: String,
+    pub location: String,
     pub zone: Option<String>,
     /// Deaths within the window.
     pub not_running: usize,
@@ -64,10 +64,10 @@ pub struct Assessment {
 
 /// The groups a Workspace counts in: its region, and its zone if known.
 fn groups_of<'a>(
-    region: &'a str,
+    location: &'a str,
     zone: Option<&'a str>,
 ) -> impl Iterator<Item = (&'a str, Option<&'a str>)> {
-    std::iter::once((region, None)).chain(zone.map(|z| (region, Some(z))))
+    std::iter::once((location, None)).chain(zone.map(|z| (location, Some(z))))
 }
 
 fn is_not_running(obs: &Observation) -> bool {
@@ -95,7 +95,7 @@ pub fn assess(
     let current: HashMap<&str, &Sample> = samples.iter().map(|s| (s.uid, s)).collect();
     let still_dead = |d: &Death| {
         current.get(d.uid.as_str()).is_some_and(|s| {
-            s.instance_id != d.instance_id
+            s.backend_id != d.backend_id
                 || !matches!(s.now, Observation::Running | Observation::Pending { .. })
         })
     };
@@ -109,8 +109,8 @@ pub fn assess(
             s.uid.to_owned(),
             Death {
                 uid: s.uid.to_owned(),
-                instance_id: s.instance_id.to_owned(),
-                region: s.region.to_owned(),
+                backend_id: s.backend_id.to_owned(),
+                location: s.location.to_owned(),
                 zone: s.zone.map(str::to_owned),
                 sweep,
             },
@@ -120,12 +120,12 @@ pub fn assess(
     // (region, zone) -> (observed, died); zone None = the whole region.
     let mut groups: BTreeMap<(&str, Option<&str>), (usize, usize)> = BTreeMap::new();
     for s in samples {
-        for key in groups_of(s.region, s.zone) {
+        for key in groups_of(s.location, s.zone) {
             groups.entry(key).or_default().0 += 1;
         }
     }
     for d in deaths.values() {
-        for key in groups_of(&d.region, d.zone.as_deref()) {
+        for key in groups_of(&d.location, d.zone.as_deref()) {
             if let Some(group) = groups.get_mut(&key) {
                 group.1 += 1;
             }
@@ -137,8 +137,8 @@ pub fn assess(
             *observed >= settings.min_fleet
                 && (*dead as f64) > settings.max_offline_fraction * (*observed as f64)
         })
-        .map(|((region, zone), (observed, dead))| Trip {
-            region: region.to_owned(),
+        .map(|((location, zone), (observed, dead))| Trip {
+            location: location.to_owned(),
             zone: zone.map(str::to_owned),
             not_running: dead,
             observed,
@@ -147,7 +147,7 @@ pub fn assess(
     let tripped = |s: &Sample| {
         trips
             .iter()
-            .any(|t| t.region == s.region && (t.zone.is_none() || t.zone.as_deref() == s.zone))
+            .any(|t| t.location == s.location && (t.zone.is_none() || t.zone.as_deref() == s.zone))
     };
 
     let mut holds = HashMap::new();

@@ -1,9 +1,10 @@
-//! The sweeper: asks EC2 about every Workspace that should be running, in
-//! batches, and publishes the answers as one immutable snapshot. It never writes
-//! status; it wakes the reconciler for the objects whose answer changed.
+//! The sweeper: asks the backends about every Workspace that should be
+//! running, each backend all at once, and publishes the answers as one
+//! immutable snapshot. It never writes status; it wakes the reconciler for the
+//! objects whose answer changed.
 
-mod batch;
 mod breaker;
+mod observe;
 mod snapshot;
 
 use std::collections::HashMap;
@@ -18,39 +19,33 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use batch::{Answer, BatchSettings, CallStats, Describer, Reply, describe_all};
 pub use breaker::{Assessment, BreakerSettings, Sample, Trip, assess};
-pub use snapshot::{Death, Entry, Hold, Snapshot};
+pub use observe::observe_all;
+pub use snapshot::{Death, Entry, Snapshot};
 
 use crate::api::{Phase, RETRY_ANNOTATION, Runtime, Workspace};
-use crate::backend::ec2::{classify_instance, classify_missing, region_of};
-use crate::core::{Observation, elapsed};
+use crate::backend::{Backends, CallStats, Probe, Sighting};
+use crate::core::{Hold, Observation, elapsed};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct SweepSettings {
     pub interval: Duration,
-    pub batch: BatchSettings,
+    /// The timeout of one backend call; a sweep may run at least this long.
+    pub probe_timeout: Duration,
     pub max_per_sweep: usize,
     pub stale_after: Duration,
-    pub not_found_grace: Duration,
     pub breaker: BreakerSettings,
-    pub default_region: String,
 }
 
 impl SweepSettings {
     /// The settings `tend run` uses for these flags.
-    pub fn from_args(args: &crate::config::RunArgs, default_region: &str) -> Self {
+    pub fn from_args(args: &crate::config::RunArgs) -> Self {
         SweepSettings {
             interval: args.sweep_interval,
-            batch: BatchSettings {
-                batch_size: args.batch_size as usize,
-                probe_timeout: args.probe_timeout,
-                max_in_flight: args.max_in_flight,
-            },
+            probe_timeout: args.probe_timeout,
             max_per_sweep: args.max_per_sweep,
             stale_after: args.stale_after,
-            not_found_grace: args.not_found_grace,
             breaker: BreakerSettings {
                 max_offline_fraction: args.max_offline_fraction,
                 min_fleet: 10,
@@ -58,8 +53,12 @@ impl SweepSettings {
                 max_restarts_per_sweep: args.max_restarts_per_sweep,
                 window_sweeps: 5,
             },
-            default_region: default_region.to_owned(),
         }
+    }
+
+    /// How long one sweep may take: an interval, or one call's timeout if longer.
+    pub fn period(&self) -> Duration {
+        self.interval.max(self.probe_timeout)
     }
 }
 
@@ -68,11 +67,10 @@ impl SweepSettings {
 pub struct Target {
     pub uid: String,
     pub object: ObjectRef<Workspace>,
-    pub region: String,
-    pub instance_id: String,
-    pub volume_id: Option<String>,
-    pub launched_at: Option<Timestamp>,
-    /// Status already records the instance as dead: the Workspace is Offline.
+    pub runtime: Runtime,
+    /// What its backend is asked about.
+    pub probe: Probe,
+    /// Status already records the backend as dead: the Workspace is Offline.
     pub known_dead: bool,
     /// The persisted start of the current run of Unknown answers, if any.
     pub uncertain_since: Option<Timestamp>,
@@ -80,103 +78,29 @@ pub struct Target {
     pub retry: Option<String>,
 }
 
-/// Whether the sweeper watches this Workspace: ec2, not being deleted, with an
-/// instance, and meant to be running (Online, or Offline/Restarting being
-/// healed). Stopped, Hibernated, Provisioning, Failed and the rest are left to
-/// the reconciler's own looks.
-pub fn in_scope(ws: &Workspace) -> bool {
-    let status = ws.status.as_ref();
-    ws.spec.runtime == Runtime::Ec2
-        && ws.metadata.deletion_timestamp.is_none()
-        && status.is_some_and(|s| s.instance_id.is_some())
-        && matches!(
-            status.and_then(|s| s.phase),
-            Some(Phase::Online | Phase::Offline | Phase::Restarting)
-        )
-}
-
-pub fn target(ws: &Workspace, default_region: &str) -> Option<Target> {
-    if !in_scope(ws) {
+/// Whether the sweeper watches this Workspace: of a swept runtime, not
+/// being deleted, with a backend recorded, and meant to be running (Online,
+/// or Offline/Restarting being healed). Stopped, Hibernated, Provisioning,
+/// Failed and the rest are left to the reconciler's own looks.
+pub fn target(ws: &Workspace, backends: &Backends) -> Option<Target> {
+    let backend = backends.of(ws.spec.runtime).filter(|b| b.swept())?;
+    let status = ws.status.as_ref()?;
+    let meant_to_run = matches!(
+        status.phase,
+        Some(Phase::Online | Phase::Offline | Phase::Restarting)
+    );
+    if ws.metadata.deletion_timestamp.is_some() || !meant_to_run {
         return None;
     }
-    let status = ws.status.as_ref()?;
     Some(Target {
         uid: ws.uid()?,
         object: ObjectRef::from_obj(ws),
-        region: region_of(ws.spec.ec2.as_ref(), status, default_region).to_owned(),
-        instance_id: status.instance_id.clone()?,
-        volume_id: status.volume_id.clone(),
-        launched_at: status.launched_at.as_ref().map(|t| t.0),
+        runtime: ws.spec.runtime,
+        probe: backend.probe(ws)?,
         known_dead: status.phase == Some(Phase::Offline),
         uncertain_since: status.uncertain_since.as_ref().map(|t| t.0),
         retry: ws.annotations().get(RETRY_ANNOTATION).cloned(),
     })
-}
-
-/// What one answer says about one instance.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sighting {
-    pub observation: Observation,
-    /// When the call that answered was sent (`now` when nothing answered).
-    pub asked_at: Timestamp,
-    pub zone: Option<String>,
-    /// A proven absence: EC2 said by id that the instance does not exist.
-    pub absent: bool,
-}
-
-/// Turns a describe answer into an observation: the one place where a
-/// listed state, a proven absence (old enough to be believed) and a failure
-/// become Running, Pending, NotRunning or Unknown.
-pub fn sighting(
-    instance_id: &str,
-    volume_id: Option<&str>,
-    launched_at: Option<Timestamp>,
-    answer: Option<&Answer>,
-    not_found_grace: Duration,
-    now: Timestamp,
-) -> Sighting {
-    let Some(answer) = answer else {
-        return Sighting {
-            observation: Observation::Unknown {
-                error: "not described".into(),
-            },
-            asked_at: now,
-            zone: None,
-            absent: false,
-        };
-    };
-    let asked_at = answer.asked_at;
-    let (observation, zone, absent) = match &answer.reply {
-        Reply::Found(instance) => (
-            classify_instance(instance, volume_id),
-            instance
-                .placement()
-                .and_then(|p| p.availability_zone())
-                .map(str::to_owned),
-            false,
-        ),
-        Reply::NotFound => {
-            // Measured when the question was asked: EC2 is eventually
-            // consistent right after RunInstances.
-            let age = launched_at.map(|at| elapsed(at, asked_at).unwrap_or_default());
-            let observation = classify_missing(instance_id, age, not_found_grace);
-            let absent = matches!(observation, Observation::NotRunning(_));
-            (observation, None, absent)
-        }
-        Reply::Failed(error) => (
-            Observation::Unknown {
-                error: error.clone(),
-            },
-            None,
-            false,
-        ),
-    };
-    Sighting {
-        observation,
-        asked_at,
-        zone,
-        absent,
-    }
 }
 
 /// Least recently *answered* first (never-seen ones before all), so a fleet
@@ -186,33 +110,27 @@ pub fn fair_order(targets: &mut Vec<Target>, previous: &Snapshot, max: usize) {
     targets.sort_by_key(|t| {
         previous
             .get(&t.uid)
-            .filter(|e| e.instance_id == t.instance_id)
+            .filter(|e| e.backend_id == t.probe.id)
             .map(|e| e.last_clean_at)
     });
     targets.truncate(max);
 }
 
-/// The ids to describe, by region. An instance EC2 already named as not
-/// found is not asked about again: instance ids are never reused, so its
-/// absence is settled, and `assemble` carries that answer forward.
-pub fn ids_to_describe(swept: &[Target], previous: &Snapshot) -> HashMap<String, Vec<String>> {
-    let mut by_region: HashMap<String, Vec<String>> = HashMap::new();
-    for t in swept {
-        if proven_absent(previous, t).is_none() {
-            by_region
-                .entry(t.region.clone())
-                .or_default()
-                .push(t.instance_id.clone());
-        }
-    }
-    by_region
+/// The targets to ask about. A backend already proven absent by its id is
+/// not asked about again: ids are never reused, so its absence is settled,
+/// and `assemble` carries that answer forward.
+pub fn to_ask<'a>(swept: &'a [Target], previous: &Snapshot) -> Vec<&'a Target> {
+    swept
+        .iter()
+        .filter(|t| proven_absent(previous, t).is_none())
+        .collect()
 }
 
-/// The previous answer about this very instance, if it was a proven absence.
+/// The previous answer about this very backend, if it was a proven absence.
 fn proven_absent<'a>(previous: &'a Snapshot, t: &Target) -> Option<&'a Entry> {
     previous
         .get(&t.uid)
-        .filter(|e| e.absent && e.instance_id == t.instance_id)
+        .filter(|e| e.absent && e.backend_id == t.probe.id)
 }
 
 /// What one sweep concluded.
@@ -227,20 +145,21 @@ pub struct SweepReport {
     pub duration: Duration,
 }
 
-/// Builds the next snapshot from the previous one and this sweep's answers.
-/// Pure: the clock comes in as `now`.
+/// Builds the next snapshot from the previous one and this sweep's answers,
+/// keyed by Workspace uid. Pure: the clock comes in as `now`.
 pub fn assemble(
     previous: &Snapshot,
     in_scope: &[Target],
     swept: &[Target],
-    answers: &HashMap<String, Answer>,
+    answers: &HashMap<String, Sighting>,
     now: Timestamp,
     settings: &SweepSettings,
 ) -> (Snapshot, Vec<ObjectRef<Workspace>>, Vec<Trip>) {
     let sightings: Vec<Sighting> = swept
         .iter()
         .map(
-            |t| match (answers.get(&t.instance_id), proven_absent(previous, t)) {
+            |t| match (answers.get(&t.uid), proven_absent(previous, t)) {
+                (Some(seen), _) => seen.clone(),
                 // Settled: asking again could only say the same.
                 (None, Some(gone)) => Sighting {
                     observation: gone.observation.clone(),
@@ -248,22 +167,11 @@ pub fn assemble(
                     zone: gone.zone.clone(),
                     absent: true,
                 },
-                (answer, _) => sighting(
-                    &t.instance_id,
-                    t.volume_id.as_deref(),
-                    t.launched_at,
-                    answer,
-                    settings.not_found_grace,
-                    now,
-                ),
+                (None, None) => Sighting::unknown("not asked", now),
             },
         )
         .collect();
-    let before = |t: &Target| {
-        previous
-            .get(&t.uid)
-            .filter(|e| e.instance_id == t.instance_id)
-    };
+    let before = |t: &Target| previous.get(&t.uid).filter(|e| e.backend_id == t.probe.id);
     let zones: Vec<Option<String>> = swept
         .iter()
         .zip(&sightings)
@@ -279,8 +187,8 @@ pub fn assemble(
         .zip(&zones)
         .map(|((t, seen), zone)| Sample {
             uid: &t.uid,
-            instance_id: &t.instance_id,
-            region: &t.region,
+            backend_id: &t.probe.id,
+            location: &t.probe.location,
             zone: zone.as_deref(),
             now: &seen.observation,
             before: before(t),
@@ -327,7 +235,7 @@ pub fn assemble(
             _ => None,
         };
         let entry = Entry {
-            instance_id: t.instance_id.clone(),
+            backend_id: t.probe.id.clone(),
             observation: seen.observation.clone(),
             observed_at: seen.asked_at,
             last_clean_at,
@@ -346,8 +254,8 @@ pub fn assemble(
 }
 
 /// The sweeper task.
-pub struct Sweeper<D: Describer> {
-    describer: Arc<D>,
+pub struct Sweeper {
+    backends: Backends,
     settings: SweepSettings,
     store: Store<Workspace>,
     published: watch::Sender<Arc<Snapshot>>,
@@ -355,9 +263,9 @@ pub struct Sweeper<D: Describer> {
     metrics: Arc<Metrics>,
 }
 
-impl<D: Describer> Sweeper<D> {
+impl Sweeper {
     pub fn new(
-        describer: Arc<D>,
+        backends: Backends,
         settings: SweepSettings,
         store: Store<Workspace>,
         published: watch::Sender<Arc<Snapshot>>,
@@ -365,7 +273,7 @@ impl<D: Describer> Sweeper<D> {
         metrics: Arc<Metrics>,
     ) -> Self {
         Sweeper {
-            describer,
+            backends,
             settings,
             store,
             published,
@@ -414,7 +322,7 @@ impl<D: Describer> Sweeper<D> {
         }
     }
 
-    /// One sweep: scope, describe, assess, publish, wake.
+    /// One sweep: scope, observe, assess, publish, wake.
     pub async fn sweep_once(&self) -> SweepReport {
         let started = tokio::time::Instant::now();
         let previous = self.published.borrow().clone();
@@ -422,38 +330,28 @@ impl<D: Describer> Sweeper<D> {
             .store
             .state()
             .iter()
-            .filter_map(|ws| target(ws, &self.settings.default_region))
+            .filter_map(|ws| target(ws, &self.backends))
             .collect();
         let mut swept = in_scope.clone();
         fair_order(&mut swept, &previous, self.settings.max_per_sweep);
 
-        let ids_by_region = ids_to_describe(&swept, &previous);
-        let deadline = started
-            + self
-                .settings
-                .interval
-                .max(self.settings.batch.probe_timeout);
-        let (answers, calls) = describe_all(
-            &*self.describer,
-            &ids_by_region,
-            self.settings.batch,
-            deadline,
-        )
-        .await;
+        let deadline = started + self.settings.period();
+        let (answers, calls) =
+            observe_all(&self.backends, &to_ask(&swept, &previous), deadline).await;
         let now = Timestamp::now();
         let (next, changed, trips) =
             assemble(&previous, &in_scope, &swept, &answers, now, &self.settings);
 
         for trip in &trips {
             warn!(
-                region = %trip.region,
+                location = %trip.location,
                 zone = ?trip.zone,
                 not_running = trip.not_running,
                 observed = trip.observed,
                 "circuit breaker tripped: holding NotRunning answers as a suspected provider outage"
             );
             self.metrics
-                .breaker_tripped(&trip.region, trip.zone.as_deref());
+                .breaker_tripped(&trip.location, trip.zone.as_deref());
         }
         for entry in next.entries.values() {
             if entry.observed_at == now {

@@ -5,25 +5,12 @@ use std::collections::HashMap;
 
 use jiff::Timestamp;
 
-use crate::core::Observation;
+use crate::core::{Hold, Observation};
 
-/// What the circuit breaker says about acting on a NotRunning answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hold {
-    /// Act on the answer.
-    None,
-    /// Too many died at once in this region or zone: do not act yet.
-    /// `sweeps` counts consecutive sweeps with the same answer; an `absent`
-    /// answer (proven not found, no state listed) waits for `tend.dev/retry`.
-    Suspected { sweeps: u32, absent: bool },
-    /// Held long enough and let through in this wave: act.
-    Released,
-}
-
-/// The latest answer about one Workspace's instance.
+/// The latest answer about one Workspace's backend.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    pub instance_id: String,
+    pub backend_id: String,
     pub observation: Observation,
     /// When the call that gave this answer was sent.
     pub observed_at: Timestamp,
@@ -33,7 +20,7 @@ pub struct Entry {
     /// Only Unknown answers for longer than `--stale-after`.
     pub stale: bool,
     pub zone: Option<String>,
-    /// EC2 named the instance as not found: a settled answer.
+    /// Asked about by id, the backend said it does not exist: a settled answer.
     pub absent: bool,
     pub hold: Hold,
     /// The `tend.dev/retry` annotation when the hold began: a new value
@@ -44,7 +31,7 @@ pub struct Entry {
 impl Entry {
     /// Whether the reconciler should see a change compared to `old`.
     pub fn differs_for_reconciler(&self, old: &Entry) -> bool {
-        self.instance_id != old.instance_id
+        self.backend_id != old.backend_id
             || self.observation.state_name() != old.observation.state_name()
             || not_running_reason(&self.observation) != not_running_reason(&old.observation)
             || self.stale != old.stale
@@ -64,8 +51,8 @@ fn not_running_reason(obs: &Observation) -> Option<&str> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Death {
     pub uid: String,
-    pub instance_id: String,
-    pub region: String,
+    pub backend_id: String,
+    pub location: String,
     pub zone: Option<String>,
     pub sweep: u64,
 }

@@ -12,7 +12,7 @@ impl Ec2Backend {
         &self,
         region: &str,
         ids: &[String],
-    ) -> Result<Vec<Instance>, AwsError> {
+    ) -> Result<Vec<Instance>, CallError> {
         let client = self.region(region);
         let mut found = Vec::with_capacity(ids.len());
         let mut token: Option<String> = None;
@@ -47,7 +47,7 @@ impl Ec2Backend {
                 _ => return Ok(found),
             }
         }
-        Err(AwsError::malformed(
+        Err(CallError::malformed(
             "DescribeInstances",
             "more pages than ids",
         ))
@@ -62,7 +62,7 @@ impl Ec2Backend {
         &self,
         region: &str,
         ids: &[String],
-    ) -> Result<Vec<Instance>, AwsError> {
+    ) -> Result<Vec<Instance>, CallError> {
         let client = self.region(region);
         let out = client
             .call_with_token(
@@ -85,7 +85,7 @@ impl Ec2Backend {
 pub(super) async fn describe_instance(
     client: &Ec2Region,
     id: &str,
-) -> Result<Option<aws_sdk_ec2::types::Instance>, AwsError> {
+) -> Result<Option<aws_sdk_ec2::types::Instance>, CallError> {
     let out = client
         .call(
             Family::Read,
@@ -104,7 +104,7 @@ pub(super) async fn describe_instance(
 pub(super) async fn tagged_instances(
     client: &Ec2Region,
     owner: &Owner<'_>,
-) -> Result<Vec<aws_sdk_ec2::types::Instance>, AwsError> {
+) -> Result<Vec<aws_sdk_ec2::types::Instance>, CallError> {
     let out = client
         .call(
             Family::Read,
@@ -121,7 +121,7 @@ pub(super) async fn tagged_instances(
 pub(super) async fn describe_volume(
     client: &Ec2Region,
     id: &str,
-) -> Result<Option<Volume>, AwsError> {
+) -> Result<Option<Volume>, CallError> {
     let out = client
         .call(
             Family::Read,

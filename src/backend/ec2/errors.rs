@@ -2,47 +2,9 @@
 
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-/// What kind of failure an AWS call had, which decides what tend does about it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AwsErrorKind {
-    /// The instance or volume named does not exist (or is not visible yet).
-    NotFound,
-    /// Rate limited; back off, never conclude anything.
-    Throttled,
-    /// EC2 has no capacity (or quota) for the request right now.
-    InsufficientCapacity,
-    /// Credentials missing, expired or not allowed to do this.
-    Auth,
-    /// The request itself is wrong (bad AMI, bad subnet): retrying as-is won't help.
-    InvalidParameter,
-    /// Timeouts, 5xx, connection errors, malformed answers, spent retry budget.
-    Transient,
-}
+use crate::backend::{CallError, ErrorKind};
 
-impl AwsErrorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AwsErrorKind::NotFound => "not_found",
-            AwsErrorKind::Throttled => "throttled",
-            AwsErrorKind::InsufficientCapacity => "insufficient_capacity",
-            AwsErrorKind::Auth => "auth",
-            AwsErrorKind::InvalidParameter => "invalid_parameter",
-            AwsErrorKind::Transient => "transient",
-        }
-    }
-}
-
-/// A classified AWS error, with the call it came from.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{operation}: {}{message}", code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
-pub struct AwsError {
-    pub operation: &'static str,
-    pub kind: AwsErrorKind,
-    pub code: Option<String>,
-    pub message: String,
-}
-
-impl AwsError {
+impl CallError {
     /// Classifies any SDK error of any EC2 operation.
     pub fn from_sdk<E, R>(operation: &'static str, err: SdkError<E, R>) -> Self
     where
@@ -60,8 +22,8 @@ impl AwsError {
                 let kind = code
                     .as_deref()
                     .map(kind_of_code)
-                    .unwrap_or(AwsErrorKind::Transient);
-                AwsError {
+                    .unwrap_or(ErrorKind::Transient);
+                CallError {
                     operation,
                     kind,
                     code,
@@ -74,11 +36,11 @@ impl AwsError {
                 // reports it as a construction or dispatch failure naming the
                 // credentials provider.
                 let kind = if mentions_missing_credentials(&message) {
-                    AwsErrorKind::Auth
+                    ErrorKind::Auth
                 } else {
-                    AwsErrorKind::Transient
+                    ErrorKind::Transient
                 };
-                AwsError {
+                CallError {
                     operation,
                     kind,
                     code: None,
@@ -91,21 +53,11 @@ impl AwsError {
     /// What EC2 answers a describe naming unknown instance ids: the whole
     /// call fails, naming every unknown id. For simulations and tests.
     pub fn instances_not_found(ids: &[&str]) -> Self {
-        AwsError {
+        CallError {
             operation: "DescribeInstances",
-            kind: AwsErrorKind::NotFound,
+            kind: ErrorKind::NotFound,
             code: Some("InvalidInstanceID.NotFound".into()),
             message: format!("The instance IDs '{}' do not exist", ids.join(", ")),
-        }
-    }
-
-    /// An answer that parsed but lacks what EC2 always sends.
-    pub fn malformed(operation: &'static str, what: &str) -> Self {
-        AwsError {
-            operation,
-            kind: AwsErrorKind::Transient,
-            code: None,
-            message: format!("malformed answer: {what}"),
         }
     }
 }
@@ -113,7 +65,7 @@ impl AwsError {
 /// The instance ids an `InvalidInstanceID.NotFound` error names, or `None`
 /// for any other error. EC2 names every unknown id of the call ("The instance
 /// IDs 'i-1, i-2' do not exist"); moto names only the first.
-pub fn not_found_ids(error: &AwsError) -> Option<Vec<String>> {
+pub fn not_found_ids(error: &CallError) -> Option<Vec<String>> {
     if error.code.as_deref() != Some("InvalidInstanceID.NotFound") {
         return None;
     }
@@ -137,14 +89,14 @@ fn mentions_missing_credentials(message: &str) -> bool {
 }
 
 /// Maps an EC2 error code to its kind.
-pub fn kind_of_code(code: &str) -> AwsErrorKind {
+pub fn kind_of_code(code: &str) -> ErrorKind {
     match code {
-        "InvalidInstanceID.NotFound" | "InvalidVolume.NotFound" => AwsErrorKind::NotFound,
+        "InvalidInstanceID.NotFound" | "InvalidVolume.NotFound" => ErrorKind::NotFound,
         "RequestLimitExceeded"
         | "Throttling"
         | "ThrottlingException"
         | "RequestThrottled"
-        | "SlowDown" => AwsErrorKind::Throttled,
+        | "SlowDown" => ErrorKind::Throttled,
         "InsufficientInstanceCapacity"
         | "InsufficientHostCapacity"
         | "InsufficientReservedInstanceCapacity"
@@ -155,7 +107,7 @@ pub fn kind_of_code(code: &str) -> AwsErrorKind {
         | "VcpuLimitExceeded"
         | "MaxSpotInstanceCountExceeded"
         | "SpotMaxPriceTooLow"
-        | "VolumeLimitExceeded" => AwsErrorKind::InsufficientCapacity,
+        | "VolumeLimitExceeded" => ErrorKind::InsufficientCapacity,
         "AuthFailure"
         | "UnauthorizedOperation"
         | "InvalidClientTokenId"
@@ -166,7 +118,7 @@ pub fn kind_of_code(code: &str) -> AwsErrorKind {
         | "Blocked"
         | "PendingVerification"
         | "AccessDenied"
-        | "AccessDeniedException" => AwsErrorKind::Auth,
+        | "AccessDeniedException" => ErrorKind::Auth,
         // IncorrectInstanceState: the instance is mid-transition; try again later.
         "InternalError"
         | "InternalFailure"
@@ -175,7 +127,7 @@ pub fn kind_of_code(code: &str) -> AwsErrorKind {
         | "RequestTimeout"
         | "RequestTimeoutException"
         | "IncorrectInstanceState"
-        | "IncorrectState" => AwsErrorKind::Transient,
+        | "IncorrectState" => ErrorKind::Transient,
         // Everything else EC2 answers with a 4xx code is a problem with the
         // request: a bad AMI, subnet, instance type, parameter combination.
         c if c.starts_with("Invalid")
@@ -187,9 +139,9 @@ pub fn kind_of_code(code: &str) -> AwsErrorKind {
             || c == "DryRunOperation"
             || c == "OperationNotPermitted" =>
         {
-            AwsErrorKind::InvalidParameter
+            ErrorKind::InvalidParameter
         }
-        _ => AwsErrorKind::Transient,
+        _ => ErrorKind::Transient,
     }
 }
 
@@ -210,10 +162,10 @@ mod tests {
         ));
     }
 
-    fn not_found(message: &str) -> AwsError {
-        AwsError {
+    fn not_found(message: &str) -> CallError {
+        CallError {
             operation: "DescribeInstances",
-            kind: AwsErrorKind::NotFound,
+            kind: ErrorKind::NotFound,
             code: Some("InvalidInstanceID.NotFound".into()),
             message: message.into(),
         }
@@ -239,7 +191,7 @@ mod tests {
             not_found_ids(&not_found("The instance ID 'i-xyz' does not exist")),
             Some(vec![])
         );
-        let throttled = AwsError {
+        let throttled = CallError {
             code: Some("RequestLimitExceeded".into()),
             ..not_found("The instance ID 'i-1a2b3c4d' does not exist")
         };
@@ -249,20 +201,20 @@ mod tests {
     #[test]
     fn codes_are_classified() {
         let table = [
-            ("InvalidInstanceID.NotFound", AwsErrorKind::NotFound),
-            ("RequestLimitExceeded", AwsErrorKind::Throttled),
+            ("InvalidInstanceID.NotFound", ErrorKind::NotFound),
+            ("RequestLimitExceeded", ErrorKind::Throttled),
             (
                 "InsufficientInstanceCapacity",
-                AwsErrorKind::InsufficientCapacity,
+                ErrorKind::InsufficientCapacity,
             ),
-            ("UnauthorizedOperation", AwsErrorKind::Auth),
-            ("AuthFailure", AwsErrorKind::Auth),
-            ("InvalidAMIID.NotFound", AwsErrorKind::InvalidParameter),
-            ("InvalidAMIID.Malformed", AwsErrorKind::InvalidParameter),
-            ("InvalidSubnetID.NotFound", AwsErrorKind::InvalidParameter),
-            ("InvalidParameterValue", AwsErrorKind::InvalidParameter),
-            ("InternalError", AwsErrorKind::Transient),
-            ("SomethingNew", AwsErrorKind::Transient),
+            ("UnauthorizedOperation", ErrorKind::Auth),
+            ("AuthFailure", ErrorKind::Auth),
+            ("InvalidAMIID.NotFound", ErrorKind::InvalidParameter),
+            ("InvalidAMIID.Malformed", ErrorKind::InvalidParameter),
+            ("InvalidSubnetID.NotFound", ErrorKind::InvalidParameter),
+            ("InvalidParameterValue", ErrorKind::InvalidParameter),
+            ("InternalError", ErrorKind::Transient),
+            ("SomethingNew", ErrorKind::Transient),
         ];
         for (code, kind) in table {
             assert_eq!(kind_of_code(code), kind, "{code}");

@@ -135,4 +135,14 @@ mod tests {
         assert!(b.available() < 1.0);
         assert!(b.acquire().await >= Duration::from_millis(99));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drained_bucket_waits_instead_of_spinning() {
+        let b = TokenBucket::new(15.0, 75);
+        b.drain();
+        for _ in 0..20 {
+            b.acquire().await;
+        }
+        assert!(b.available() < 1.0);
+    }
 }

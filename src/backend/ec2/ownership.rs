@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 
-use super::BackendError;
-use crate::api::{Ec2Spec, Workspace};
+use crate::api::Ec2Spec;
+use crate::backend::{BackendError, Owner};
 
 pub const TAG_UID: &str = "tend.dev/workspace-uid";
 pub const TAG_CLUSTER: &str = "tend.dev/cluster";
@@ -19,27 +19,6 @@ pub const TAG_LAUNCH: &str = "tend.dev/launch";
 pub const TAG_VOLUME: &str = "tend.dev/volume";
 pub const VOLUME_DATA: &str = "data";
 pub const VOLUME_ROOT: &str = "root";
-
-/// The Workspace (and cluster) that owns a resource.
-#[derive(Debug, Clone, Copy)]
-pub struct Owner<'a> {
-    pub uid: &'a str,
-    pub cluster: &'a str,
-    pub namespace: &'a str,
-    pub name: &'a str,
-}
-
-impl<'a> Owner<'a> {
-    /// The owner a Workspace's resources are tagged with.
-    pub fn of(ws: &'a Workspace, cluster: &'a str) -> Self {
-        Owner {
-            uid: ws.metadata.uid.as_deref().unwrap_or_default(),
-            cluster,
-            namespace: ws.metadata.namespace.as_deref().unwrap_or_default(),
-            name: ws.metadata.name.as_deref().unwrap_or_default(),
-        }
-    }
-}
 
 impl Owner<'_> {
     /// Every tag tend puts on what it creates: the user's, then its own.

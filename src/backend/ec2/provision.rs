@@ -6,12 +6,12 @@ use super::*;
 
 impl Ec2Backend {
     /// One idempotent step towards a running instance with its volume attached.
-    pub async fn provision(
+    pub(super) async fn provision_step(
         &self,
+        ws: &Workspace,
         spec: &Ec2Spec,
         status: &WorkspaceStatus,
         owner: &Owner<'_>,
-        user_data: Option<String>,
     ) -> Result<Step, BackendError> {
         let client = self.client(spec, status);
         let (Some(volume_id), Some(zone)) = (&status.volume_id, &status.availability_zone) else {
@@ -37,6 +37,8 @@ impl Ec2Backend {
             {
                 return Ok(Step::Wait(why));
             }
+            // Only the launch itself needs the user data.
+            let user_data = self.user_data(ws, spec).await?;
             return self
                 .launch(&client, spec, owner, zone, number, user_data)
                 .await;
@@ -49,7 +51,7 @@ impl Ec2Backend {
             Some(state) => return Ok(Step::Wait(format!("{instance_id} is {}", state.as_str()))),
             None => {
                 return Err(
-                    AwsError::malformed("DescribeInstances", "instance without state").into(),
+                    CallError::malformed("DescribeInstances", "instance without state").into(),
                 );
             }
         }
@@ -175,12 +177,12 @@ impl Ec2Backend {
         let instance = out
             .instances()
             .first()
-            .ok_or_else(|| AwsError::malformed("RunInstances", "no instance"))?;
+            .ok_or_else(|| CallError::malformed("RunInstances", "no instance"))?;
         launched_record(instance, "RunInstances")
     }
 
     /// Starts a stopped instance in place.
-    pub async fn start(
+    pub(super) async fn start_instance(
         &self,
         spec: &Ec2Spec,
         status: &WorkspaceStatus,
@@ -199,7 +201,7 @@ impl Ec2Backend {
     }
 
     /// Stops the instance; with `hibernate`, RAM is saved to the root volume.
-    pub async fn stop(
+    pub(super) async fn stop_instance(
         &self,
         spec: &Ec2Spec,
         status: &WorkspaceStatus,
@@ -234,9 +236,9 @@ impl Ec2Backend {
             .ok_or_else(|| BackendError::Invalid("no instance recorded".into()))?;
         let instance = describe_instance(client, &id)
             .await?
-            .ok_or_else(|| AwsError {
+            .ok_or_else(|| CallError {
                 operation: "DescribeInstances",
-                kind: AwsErrorKind::NotFound,
+                kind: ErrorKind::NotFound,
                 code: None,
                 message: format!("{id} not found"),
             })?;
@@ -279,13 +281,13 @@ fn launched_record(
 ) -> Result<Step, BackendError> {
     let id = instance
         .instance_id()
-        .ok_or_else(|| AwsError::malformed(operation, "instance without id"))?;
+        .ok_or_else(|| CallError::malformed(operation, "instance without id"))?;
     let at = instance
         .launch_time()
         .and_then(|t| Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok())
         .unwrap_or_else(Timestamp::now);
     Ok(Step::Record(Record::Launched {
-        instance_id: id.to_owned(),
+        id: id.to_owned(),
         at,
     }))
 }
@@ -308,7 +310,7 @@ async fn subnet_in_zone(
     let subnet = out
         .subnets()
         .first()
-        .ok_or_else(|| AwsError::malformed("DescribeSubnets", "no subnet"))?;
+        .ok_or_else(|| CallError::malformed("DescribeSubnets", "no subnet"))?;
     if subnet.availability_zone() == Some(zone) {
         return Ok(subnet_id.to_owned());
     }

@@ -19,7 +19,7 @@ impl Ec2Backend {
     /// left alone and reported in `skipped`; a data volume held by a foreign
     /// instance stops the release with [`BackendError::VolumeInUse`], naming
     /// the holder, until it is detached.
-    pub async fn teardown(
+    pub(super) async fn teardown_step(
         &self,
         spec: &Ec2Spec,
         status: &WorkspaceStatus,

@@ -72,7 +72,7 @@ impl Ec2Backend {
         };
         let id = created
             .volume_id()
-            .ok_or_else(|| AwsError::malformed("CreateVolume", "no volume id"))?;
+            .ok_or_else(|| CallError::malformed("CreateVolume", "no volume id"))?;
         Ok(Step::Record(Record::Volume {
             id: id.to_owned(),
             region: region.to_owned(),
@@ -161,7 +161,7 @@ impl Ec2Backend {
 pub(super) async fn tagged_data_volumes(
     client: &Ec2Region,
     owner: &Owner<'_>,
-) -> Result<Vec<Volume>, AwsError> {
+) -> Result<Vec<Volume>, CallError> {
     let out = client
         .call(
             Family::Read,
@@ -186,7 +186,10 @@ pub(super) async fn tagged_data_volumes(
 /// filtered one, which never fails on an unknown id; an omission there proves
 /// nothing, so the id is then named, and only `InvalidVolume.NotFound` naming
 /// it counts as absence.
-pub(super) async fn volume_by_id(client: &Ec2Region, id: &str) -> Result<Option<Volume>, AwsError> {
+pub(super) async fn volume_by_id(
+    client: &Ec2Region,
+    id: &str,
+) -> Result<Option<Volume>, CallError> {
     if let Some(volume) = describe_volume(client, id).await? {
         return Ok(Some(volume));
     }
@@ -204,24 +207,24 @@ pub(super) async fn volume_by_id(client: &Ec2Region, id: &str) -> Result<Option<
             .find(|v| v.volume_id() == Some(id))
             .cloned()
             .map(Some)
-            .ok_or_else(|| AwsError::malformed("DescribeVolumes", "the named volume is missing")),
+            .ok_or_else(|| CallError::malformed("DescribeVolumes", "the named volume is missing")),
         Err(e) if proves_absent(&e, id) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-fn proves_absent(e: &AwsError, id: &str) -> bool {
+fn proves_absent(e: &CallError, id: &str) -> bool {
     e.code.as_deref() == Some("InvalidVolume.NotFound") && e.message.contains(id)
 }
 
 /// A ClientToken used before with other parameters (the spec changed between
 /// a lost answer and the retry). The token can never work again.
-pub(super) fn is_token_mismatch(e: &AwsError) -> bool {
+pub(super) fn is_token_mismatch(e: &CallError) -> bool {
     e.code.as_deref() == Some("IdempotentParameterMismatch")
 }
 
 /// Moves past a spent ClientToken: the next attempt carries a new number.
-pub(super) fn next_number(owner: &Owner<'_>, number: u32, e: &AwsError) -> Step {
+pub(super) fn next_number(owner: &Owner<'_>, number: u32, e: &CallError) -> Step {
     warn!(
         workspace = %owner.name,
         namespace = %owner.namespace,
@@ -234,10 +237,10 @@ pub(super) fn next_number(owner: &Owner<'_>, number: u32, e: &AwsError) -> Step 
 fn volume_record(volume: &Volume, region: &str) -> Result<Step, BackendError> {
     let id = volume
         .volume_id()
-        .ok_or_else(|| AwsError::malformed("DescribeVolumes", "volume without id"))?;
+        .ok_or_else(|| CallError::malformed("DescribeVolumes", "volume without id"))?;
     let zone = volume
         .availability_zone()
-        .ok_or_else(|| AwsError::malformed("DescribeVolumes", "volume without zone"))?;
+        .ok_or_else(|| CallError::malformed("DescribeVolumes", "volume without zone"))?;
     Ok(Step::Record(Record::Volume {
         id: id.to_owned(),
         region: region.to_owned(),
@@ -257,17 +260,17 @@ async fn subnet_zone(client: &Ec2Region, subnet_id: &str) -> Result<String, Back
         .first()
         .and_then(|s| s.availability_zone())
         .map(str::to_owned)
-        .ok_or_else(|| AwsError::malformed("DescribeSubnets", "subnet without zone").into())
+        .ok_or_else(|| CallError::malformed("DescribeSubnets", "subnet without zone").into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn not_found(message: &str) -> AwsError {
-        AwsError {
+    fn not_found(message: &str) -> CallError {
+        CallError {
             operation: "DescribeVolumes",
-            kind: AwsErrorKind::NotFound,
+            kind: ErrorKind::NotFound,
             code: Some("InvalidVolume.NotFound".into()),
             message: message.into(),
         }
@@ -283,9 +286,9 @@ mod tests {
             &not_found("The volume 'vol-2b' does not exist."),
             "vol-1a"
         ));
-        let throttled = AwsError {
+        let throttled = CallError {
             code: Some("RequestLimitExceeded".into()),
-            kind: AwsErrorKind::Throttled,
+            kind: ErrorKind::Throttled,
             ..not_found("vol-1a")
         };
         assert!(!proves_absent(&throttled, "vol-1a"));

@@ -23,7 +23,7 @@ fn vanished() -> Observation {
 
 fn entry(obs: Observation, hold: Hold, held_retry: Option<String>) -> Entry {
     Entry {
-        instance_id: "i-1".into(),
+        backend_id: "i-1".into(),
         observation: obs,
         observed_at: Timestamp::UNIX_EPOCH,
         last_clean_at: Timestamp::UNIX_EPOCH,
@@ -85,8 +85,8 @@ impl Fleet {
         (0..self.uids.len())
             .map(|i| Sample {
                 uid: &self.uids[i],
-                instance_id: "i-1",
-                region: "us-east-1",
+                backend_id: "i-1",
+                location: "us-east-1",
                 zone: Some(self.zones[i]),
                 now: &self.now[i],
                 before: self.before[i].as_ref(),
@@ -234,7 +234,7 @@ fn a_replacement_that_runs_does_not_undo_the_death_it_replaced() {
         .into_iter()
         .enumerate()
         .map(|(i, s)| Sample {
-            instance_id: if i < 3 { &ids[i] } else { s.instance_id },
+            backend_id: if i < 3 { &ids[i] } else { s.backend_id },
             ..s
         })
         .collect();

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 
 use jiff::Timestamp;
 
-use crate::backend::ec2::{AwsError, AwsErrorKind, TokenBucket, not_found_ids};
+use super::{TokenBucket, not_found_ids};
+use crate::backend::{CallError, CallStats, ErrorKind};
 
 /// Something that can describe instances in batches: EC2, or a simulation.
 pub trait Describer: Send + Sync + 'static {
@@ -30,7 +31,7 @@ pub trait Describer: Send + Sync + 'static {
         &self,
         region: &str,
         ids: &[String],
-    ) -> impl Future<Output = Result<Vec<Instance>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Instance>, CallError>> + Send;
     /// One describe naming the ids (`InstanceIds`): it fails as a whole with
     /// `InvalidInstanceID.NotFound`, naming unknown ids, if any is unknown.
     /// The caller has already taken a token.
@@ -38,19 +39,19 @@ pub trait Describer: Send + Sync + 'static {
         &self,
         region: &str,
         ids: &[String],
-    ) -> impl Future<Output = Result<Vec<Instance>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Instance>, CallError>> + Send;
 }
 
-impl Describer for crate::backend::ec2::Ec2Backend {
+impl Describer for super::Ec2Backend {
     fn read_bucket(&self, region: &str) -> Arc<TokenBucket> {
-        crate::backend::ec2::Ec2Backend::read_bucket(self, region)
+        super::Ec2Backend::read_bucket(self, region)
     }
 
     fn describe(
         &self,
         region: &str,
         ids: &[String],
-    ) -> impl Future<Output = Result<Vec<Instance>, AwsError>> + Send {
+    ) -> impl Future<Output = Result<Vec<Instance>, CallError>> + Send {
         self.describe_batch(region, ids)
     }
 
@@ -58,7 +59,7 @@ impl Describer for crate::backend::ec2::Ec2Backend {
         &self,
         region: &str,
         ids: &[String],
-    ) -> impl Future<Output = Result<Vec<Instance>, AwsError>> + Send {
+    ) -> impl Future<Output = Result<Vec<Instance>, CallError>> + Send {
         self.describe_by_ids(region, ids)
     }
 }
@@ -91,22 +92,14 @@ impl Answer {
     }
 }
 
-/// Counters of one round of describes, for metrics and benchmarks.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CallStats {
-    pub ok: usize,
-    pub throttled: usize,
-    pub failed: usize,
-    pub timed_out: usize,
-    /// Calls naming ids that a filtered describe left out.
-    pub confirmations: usize,
-    pub limiter_wait: Duration,
-}
-
+/// How describes are batched and bounded.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchSettings {
+    /// Instance ids per DescribeInstances.
     pub batch_size: usize,
+    /// The timeout of each call.
     pub probe_timeout: Duration,
+    /// Calls in flight at once.
     pub max_in_flight: usize,
 }
 
@@ -252,8 +245,8 @@ pub async fn describe_all<D: Describer>(
                     confirmed_absent(&mut pending, &mut answers, job, asked_at, &named, &e);
                     continue;
                 }
-                let whole_batch = matches!(e.kind, AwsErrorKind::Throttled | AwsErrorKind::Auth);
-                if e.kind == AwsErrorKind::Throttled {
+                let whole_batch = matches!(e.kind, ErrorKind::Throttled | ErrorKind::Auth);
+                if e.kind == ErrorKind::Throttled {
                     stats.throttled += 1;
                 } else {
                     stats.failed += 1;
@@ -289,7 +282,7 @@ fn confirmed_absent(
     job: Job,
     asked_at: Timestamp,
     named: &[String],
-    error: &AwsError,
+    error: &CallError,
 ) {
     let (absent, rest): (Vec<String>, Vec<String>) =
         job.ids.into_iter().partition(|id| named.contains(id));
@@ -336,3 +329,6 @@ fn fail(answers: &mut HashMap<String, Answer>, ids: &[String], asked_at: Timesta
         answers.insert(id.clone(), Answer::failed(asked_at, why));
     }
 }
+
+#[cfg(test)]
+mod tests;

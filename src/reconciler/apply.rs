@@ -1,0 +1,232 @@
+//! One reconcile of a Workspace that is not being deleted: validate, look,
+//! decide, act, then record what is now true.
+
+use super::*;
+
+/// `Ready` reasons of a Failed Workspace that wait for a human's
+/// `tend.dev/retry` rather than for a retry with backoff.
+pub(super) const WAITS_FOR_HUMAN: &[&str] = &["CrashLoop", "VolumeLost"];
+
+/// What one reconcile concluded, before it is written.
+pub(super) struct Outcome {
+    pub(super) phase: Phase,
+    /// This reconcile's look, if it looked.
+    pub(super) observation: Option<Observation>,
+    /// When the look's call was sent.
+    pub(super) asked_at: Timestamp,
+    /// The staleness clock after the look (written only with a look).
+    pub(super) uncertain_since: Option<Timestamp>,
+    pub(super) problem: Option<Problem>,
+    pub(super) detail: Option<String>,
+    pub(super) record: Option<Record>,
+    pub(super) action: &'static str,
+    /// A new `tend.dev/retry` value: clears the restart history.
+    pub(super) retry_handled: Option<String>,
+    /// A new `tend.dev/refresh` value that this reconcile's look answered.
+    pub(super) refresh_handled: Option<String>,
+}
+
+impl Outcome {
+    /// An outcome that looked at nothing and changes only the phase.
+    pub(super) fn quiet(phase: Phase, action: &'static str) -> Self {
+        Outcome {
+            phase,
+            observation: None,
+            asked_at: Timestamp::now(),
+            uncertain_since: None,
+            problem: None,
+            detail: None,
+            record: None,
+            action,
+            retry_handled: None,
+            refresh_handled: None,
+        }
+    }
+
+    pub(super) fn problem(phase: Phase, reason: &'static str, message: String) -> Self {
+        Outcome {
+            problem: Some(Problem::failure(reason, message)),
+            ..Outcome::quiet(phase, "Validate")
+        }
+    }
+}
+
+pub(super) async fn apply(
+    ws: &Workspace,
+    ctx: &Context,
+    api: &Api<Workspace>,
+) -> Result<Requeue, Error> {
+    let old = ws.status.clone().unwrap_or_default();
+    let phase = old.phase.unwrap_or(Phase::Pending);
+    let uid = ws.uid().unwrap_or_default();
+
+    if let Err(violation) = api::validate(ws) {
+        commit(
+            ws,
+            ctx,
+            api,
+            &old,
+            Outcome::problem(phase, "InvalidSpec", violation.message),
+        )
+        .await?;
+        return Ok(Requeue::await_change());
+    }
+    let Some(backend) = ctx.backend(ws) else {
+        let message = format!("runtime {} is not supported yet", ws.spec.runtime.as_str());
+        commit(
+            ws,
+            ctx,
+            api,
+            &old,
+            Outcome::problem(phase, "RuntimeNotSupported", message),
+        )
+        .await?;
+        return Ok(Requeue::await_change());
+    };
+    let ns = ws.namespace().unwrap_or_default();
+    let name = ws.name_any();
+
+    let now = Timestamp::now();
+    let retry = ws.annotations().get(RETRY_ANNOTATION).cloned();
+    let retry_handled = retry.filter(|r| old.handled_retry.as_ref() != Some(r));
+    let history: Vec<Timestamp> = if retry_handled.is_some() {
+        Vec::new()
+    } else {
+        old.recent_restarts.iter().map(|t| t.0).collect()
+    };
+    let gate = restart::gate(&history, now, ctx.settings.restart_backoff);
+    let has_backend = old.backend_id().is_some();
+    let look = if has_backend {
+        Some(look(ws, ctx, backend, &old, now).await)
+    } else {
+        None
+    };
+    let unlaunched = Observation::Pending {
+        detail: "nothing launched yet".into(),
+    };
+    let observation = look.as_ref().map(|l| &l.observation).unwrap_or(&unlaunched);
+    let suspected = look
+        .as_ref()
+        .is_some_and(|l| l.await_sweep || matches!(l.hold, Hold::Suspected { .. }));
+    let held = retry_handled.is_none()
+        && phase == Phase::Failed
+        && ready_reason(&old).is_some_and(|r| WAITS_FOR_HUMAN.contains(&r));
+    let plan = decide(&Facts {
+        desired: ws.spec.desired_state,
+        restart_policy: ws.spec.restart_policy,
+        phase,
+        deleting: false,
+        has_backend,
+        observation,
+        held,
+        suspected_outage: suspected,
+        restart_gate: gate,
+        restart_settled: old
+            .last_restart
+            .as_ref()
+            .is_none_or(|r| elapsed(r.at.0, now).unwrap_or_default() >= restart::SETTLE),
+    });
+    if let Err(illegal) = transition(phase, plan.phase) {
+        // A bug in the decision table; refuse rather than write a lie.
+        error!(workspace = %name, namespace = %ns, "{illegal}");
+        return Err(illegal.into());
+    }
+
+    let uncertain_since = look.as_ref().and_then(|l| {
+        crate::core::uncertain_since(
+            &l.observation,
+            old.uncertain_since.as_ref().map(|t| t.0),
+            l.last_clean_at,
+            l.asked_at,
+        )
+    });
+    let stale_in = uncertain_since.map(|since| {
+        let unknown_for = elapsed(since, now).unwrap_or_default();
+        ctx.settings.stale_after.saturating_sub(unknown_for)
+    });
+    let stale = stale_in.is_some_and(|left| left.is_zero());
+    let mut outcome = Outcome {
+        phase: plan.phase,
+        observation: look.as_ref().map(|l| l.observation.clone()),
+        asked_at: look.as_ref().map_or(now, |l| l.asked_at),
+        uncertain_since,
+        problem: uncertainty(look.as_ref(), &old, stale),
+        detail: None,
+        record: None,
+        action: action_name(plan.action),
+        retry_handled,
+        refresh_handled: look.as_ref().and_then(|l| l.refresh_handled.clone()),
+    };
+    if plan.phase == Phase::Failed && phase != Phase::Failed && gate == RestartGate::CrashLoop {
+        outcome.problem = Some(Problem::failure(
+            "CrashLoop",
+            format!(
+                "restarted {} times within {} minutes; set the {RETRY_ANNOTATION} annotation to a new value to try again",
+                restart::CRASH_LOOP_RESTARTS,
+                restart::CRASH_LOOP_WINDOW.as_secs() / 60
+            ),
+        ));
+    }
+    let mut requeue = match gate {
+        RestartGate::Wait(wait) if plan.phase == Phase::Offline => {
+            wait.min(steady_requeue(ctx, plan.phase))
+        }
+        _ => steady_requeue(ctx, plan.phase),
+    };
+    // Look again when the answers would turn stale, so the condition says
+    // so on time.
+    if let Some(left) = stale_in.filter(|left| !left.is_zero()) {
+        requeue = requeue.min(left + Duration::from_millis(50));
+    }
+    match execute(ws, backend, &old, plan).await? {
+        Ok(Step::Record(r)) => {
+            outcome.record = Some(r);
+            requeue = Duration::from_millis(50);
+            ctx.succeeded(&uid);
+        }
+        Ok(Step::Wait(why)) => {
+            outcome.detail = Some(why);
+            requeue = ctx.settings.progress_interval;
+            ctx.succeeded(&uid);
+        }
+        Ok(Step::Done) => ctx.succeeded(&uid),
+        Err(e) => {
+            requeue = ctx.backoff(&uid);
+            // What did not happen is not announced: no phase change, no
+            // restart counted, unless the failure itself is the news.
+            outcome.phase = phase;
+            fail(&mut outcome, phase, plan.action, e, ctx, ws);
+        }
+    }
+    commit(ws, ctx, api, &old, outcome).await?;
+    Ok(Requeue::requeue(requeue))
+}
+
+pub(super) fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::None => "Observe",
+        Action::Provision => "Provision",
+        Action::Start => "Start",
+        Action::Stop { hibernate: false } => "Stop",
+        Action::Stop { hibernate: true } => "Hibernate",
+        Action::Replace => "Replace",
+        Action::Teardown => "Teardown",
+    }
+}
+
+fn steady_requeue(ctx: &Context, phase: Phase) -> Duration {
+    match phase {
+        Phase::Online | Phase::Stopped | Phase::Hibernated | Phase::Failed => {
+            ctx.settings.resync_interval
+        }
+        _ => ctx.settings.progress_interval,
+    }
+}
+
+pub(super) fn ready_reason(status: &WorkspaceStatus) -> Option<&str> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::READY)
+        .map(|c| c.reason.as_str())
+}
