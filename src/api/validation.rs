@@ -49,11 +49,23 @@ fn check_recorded(ws: &Workspace) -> Result<(), SpecViolation> {
     let Some(status) = &ws.status else {
         return Ok(());
     };
-    let provisioned_ec2 =
-        status.region.is_some() || status.volume_id.is_some() || status.instance_id.is_some();
-    if provisioned_ec2 && ws.spec.runtime != Runtime::Ec2 {
+    // What each runtime records once it has provisioned something.
+    let provisioned = if status.pod_name.is_some() {
+        Some(Runtime::Container)
+    } else if status.region.is_some() || status.volume_id.is_some() || status.instance_id.is_some()
+    {
+        Some(Runtime::Ec2)
+    } else {
+        None
+    };
+    if let Some(recorded) = provisioned
+        && recorded != ws.spec.runtime
+    {
         return Err(SpecViolation {
-            message: "spec.runtime is immutable: this Workspace was provisioned as ec2".into(),
+            message: format!(
+                "spec.runtime is immutable: this Workspace was provisioned as {}",
+                recorded.as_str()
+            ),
         });
     }
     if let (Some(recorded), Some(wanted)) = (

@@ -8,6 +8,7 @@
 mod error;
 mod owner;
 
+pub mod container;
 pub mod ec2;
 
 use std::sync::Arc;
@@ -108,11 +109,12 @@ pub enum Step {
 /// Facts that must reach status before the next mutating call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
-    /// The data volume exists: its id, and where it lives.
+    /// The data volume exists: its id, and where it lives (an EC2 region
+    /// and availability zone), where that binds every later launch.
     Volume {
         id: String,
-        region: String,
-        zone: String,
+        region: Option<String>,
+        zone: Option<String>,
     },
     /// Launch number `n` is about to be attempted; it retires the previous
     /// backend and keys the launch's idempotency token.
@@ -133,6 +135,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The kind of the backend object, named in events as their related object.
     fn object_kind(&self) -> &'static str;
+
+    /// The `Ready` reason when the backend refuses tend's credentials.
+    fn auth_reason(&self) -> &'static str {
+        "BackendAuthFailed"
+    }
 
     /// Whether the sweeper covers this runtime. One driven by its own
     /// heartbeats is not swept.

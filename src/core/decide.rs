@@ -11,7 +11,7 @@ pub struct Facts<'a> {
     pub phase: Phase,
     /// The object carries a deletionTimestamp.
     pub deleting: bool,
-    /// A backend (instance) is recorded in status.
+    /// A backend (an instance, a Pod) is recorded in status.
     pub has_backend: bool,
     /// The latest look at the recorded backend; ignored without one.
     pub observation: &'a Observation,
@@ -22,7 +22,7 @@ pub struct Facts<'a> {
     /// Whether a restart may start now (backoff, crash loop).
     pub restart_gate: RestartGate,
     /// The last restart is old enough that a stopped answer is news, not
-    /// EC2 catching up with the StartInstances call.
+    /// the backend catching up with a start.
     pub restart_settled: bool,
 }
 
@@ -31,15 +31,15 @@ pub struct Facts<'a> {
 pub enum Action {
     /// Nothing; wait for the next look.
     None,
-    /// Create whatever is missing (volume, instance, attachment), one step at a time.
+    /// Create whatever is missing (volume, backend, attachment), one step at a time.
     Provision,
-    /// Start the stopped instance in place.
+    /// Start the stopped backend in place.
     Start,
-    /// Stop the instance, optionally hibernating it.
+    /// Stop the backend, optionally hibernating it.
     Stop { hibernate: bool },
-    /// Forget the dead instance and launch a replacement on the same volume.
+    /// Forget the dead backend and launch a replacement on the same volume.
     Replace,
-    /// Release the backend: terminate the instance, reclaim the volume.
+    /// Release the backend and reclaim its volume as the spec says.
     Teardown,
 }
 

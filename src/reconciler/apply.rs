@@ -195,7 +195,15 @@ pub(super) async fn apply(
             // What did not happen is not announced: no phase change, no
             // restart counted, unless the failure itself is the news.
             outcome.phase = phase;
-            fail(&mut outcome, phase, plan.action, e, ctx, ws);
+            fail(
+                &mut outcome,
+                phase,
+                plan.action,
+                e,
+                ctx,
+                ws,
+                backend.auth_reason(),
+            );
         }
     }
     commit(ws, ctx, api, &old, outcome).await?;

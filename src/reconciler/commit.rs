@@ -7,8 +7,8 @@ pub(super) fn apply_record(status: &mut WorkspaceStatus, runtime: api::Runtime, 
     match record {
         Record::Volume { id, region, zone } => {
             status.volume_id = Some(id.clone());
-            status.region = Some(region.clone());
-            status.availability_zone = Some(zone.clone());
+            status.region = region.clone();
+            status.availability_zone = zone.clone();
         }
         Record::LaunchReserved(n) => {
             // A new launch number retires the previous instance, if any.
@@ -193,7 +193,10 @@ pub(super) fn events_for(
     match &outcome.record {
         Some(Record::Volume { id, zone, .. }) => events.push(normal(
             "VolumeCreated",
-            format!("data volume {id} in {zone}"),
+            match zone {
+                Some(zone) => format!("data volume {id} in {zone}"),
+                None => format!("data volume {id}"),
+            },
             outcome.action,
         )),
         Some(Record::Launched { id, .. }) => {

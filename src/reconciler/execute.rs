@@ -10,6 +10,7 @@ pub(super) fn fail(
     e: BackendError,
     ctx: &Context,
     ws: &Workspace,
+    auth_reason: &'static str,
 ) {
     let (name, ns, runtime) = (
         ws.name_any(),
@@ -40,7 +41,7 @@ pub(super) fn fail(
                 ),
                 ErrorKind::Auth => {
                     error!(workspace = %name, namespace = %ns, "the backend rejected tend's credentials: {message}");
-                    outcome.problem = Some(Problem::failure(auth_reason(runtime), message));
+                    outcome.problem = Some(Problem::failure(auth_reason, message));
                     outcome.phase = phase;
                 }
                 _ => {
@@ -94,14 +95,6 @@ pub(super) fn failed(outcome: &mut Outcome, phase: Phase, reason: &'static str, 
         phase
     };
     outcome.problem = Some(Problem::failure(reason, message));
-}
-
-/// The `Ready` reason of credentials the backend refused.
-fn auth_reason(runtime: crate::api::Runtime) -> &'static str {
-    match runtime {
-        crate::api::Runtime::Ec2 => "AwsAuthFailed",
-        _ => "BackendAuthFailed",
-    }
 }
 
 /// What the backend made of the action it was asked to carry out.

@@ -125,6 +125,10 @@ impl Backend for Ec2Backend {
         "EC2Instance"
     }
 
+    fn auth_reason(&self) -> &'static str {
+        "AwsAuthFailed"
+    }
+
     fn probe(&self, ws: &Workspace) -> Option<Probe> {
         let status = ws.status.as_ref()?;
         Some(Probe {

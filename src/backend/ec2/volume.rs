@@ -75,8 +75,8 @@ impl Ec2Backend {
             .ok_or_else(|| CallError::malformed("CreateVolume", "no volume id"))?;
         Ok(Step::Record(Record::Volume {
             id: id.to_owned(),
-            region: region.to_owned(),
-            zone,
+            region: Some(region.to_owned()),
+            zone: Some(zone),
         }))
     }
 
@@ -243,8 +243,8 @@ fn volume_record(volume: &Volume, region: &str) -> Result<Step, BackendError> {
         .ok_or_else(|| CallError::malformed("DescribeVolumes", "volume without zone"))?;
     Ok(Step::Record(Record::Volume {
         id: id.to_owned(),
-        region: region.to_owned(),
-        zone: zone.to_owned(),
+        region: Some(region.to_owned()),
+        zone: Some(zone.to_owned()),
     }))
 }
 
