@@ -126,10 +126,9 @@ pub(super) async fn execute(
         ))),
     };
     match attempt {
-        Err(BackendError::InputMissing { reason, message }) => {
-            Err(Error::InputMissing { reason, message })
+        Err(e @ (BackendError::InputMissing { .. } | BackendError::InputUnreadable(_))) => {
+            Err(e.into())
         }
-        Err(BackendError::InputUnreadable(message)) => Err(Error::InputUnreadable(message)),
         other => Ok(other),
     }
 }
@@ -154,5 +153,5 @@ pub(super) async fn input_missing(
         )
     };
     commit(ws, ctx, api, &old, outcome).await?;
-    Err(Error::InputMissing { reason, message })
+    Err(BackendError::InputMissing { reason, message }.into())
 }

@@ -130,17 +130,6 @@ pub enum Error {
     Illegal(#[from] IllegalTransition),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
-    /// An input the spec names (the user data Secret, or its key) does not
-    /// exist (yet). `reason` is the condition reason; the message names it.
-    #[error("{message}")]
-    InputMissing {
-        reason: &'static str,
-        message: String,
-    },
-    /// An input the spec names could not be read (API error, timeout,
-    /// connection).
-    #[error("{0}")]
-    InputUnreadable(String),
 }
 
 impl Error {
@@ -160,6 +149,10 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
+            // Inputs the spec names that are missing or unreadable: nothing
+            // was asked of the backend.
+            Error::Backend(BackendError::InputMissing { .. }) => "input_missing",
+            Error::Backend(BackendError::InputUnreadable(_)) => "input_unreadable",
             Error::Backend(_) => "backend",
             Error::TeardownInProgress(_) => "teardown_in_progress",
             Error::Illegal(_) => "illegal_transition",
@@ -169,8 +162,6 @@ impl Error {
                 }
                 _ => "finalizer",
             },
-            Error::InputMissing { .. } => "input_missing",
-            Error::InputUnreadable(_) => "input_unreadable",
         }
     }
 }
@@ -212,7 +203,7 @@ async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Requeue, Err
     let result = finalizer(&api, FINALIZER, ws.clone(), |event| async {
         match event {
             finalizer::Event::Apply(ws) => match apply(&ws, &ctx, &api).await {
-                Err(Error::InputMissing { reason, message }) => {
+                Err(Error::Backend(BackendError::InputMissing { reason, message })) => {
                     input_missing(&ws, &ctx, &api, reason, message).await
                 }
                 other => other,
@@ -254,12 +245,12 @@ mod tests {
 
     #[test]
     fn errors_inside_the_finalizer_helper_are_labelled_by_their_cause() {
-        let apply = Error::Finalizer(Box::new(finalizer::Error::ApplyFailed(
-            Error::InputMissing {
+        let apply = Error::Finalizer(Box::new(finalizer::Error::ApplyFailed(Error::Backend(
+            BackendError::InputMissing {
                 reason: "UserDataNotFound",
                 message: "Secret dev-init has no key userData".into(),
             },
-        )));
+        ))));
         assert_eq!(apply.metric_label(), "input_missing");
         let cleanup = Error::Finalizer(Box::new(finalizer::Error::CleanupFailed(
             Error::TeardownInProgress("terminating i-1".into()),
