@@ -2,7 +2,8 @@
 //!
 //! Tests point real kube-rs clients, watchers and controllers at it, so it follows the API
 //! server's wire protocol and semantics closely: resource versions, watch history and 410
-//! expiry, status subresources, generations, finalizers, merge and JSON patches, and
+//! expiry, status subresources, generations, finalizers, garbage collection of dependents
+//! (by `ownerReferences` uid, with `Orphan` propagation), merge and JSON patches, and
 //! `Status` errors. It refuses what a real server refuses where tend could get it wrong:
 //!
 //! - custom resources exist only through a CustomResourceDefinition (tend's is installed
@@ -30,9 +31,12 @@
 //! - **Strategic merge patches of built-in kinds merge like JSON merge patches** (lists
 //!   are replaced, no `$patch` directives). tend sends none.
 //! - **Built-in kinds are not schema-checked or defaulted**, apart from metadata (names,
-//!   labels, finalizers; no annotation size limit) and Events, and any version of a
-//!   built-in group is served. tend writes only Events, from k8s-openapi types, and
-//!   reads Secrets.
+//!   labels, finalizers, owner references; no annotation size limit) and Events, and any
+//!   version of a built-in group is served. tend builds what it writes (Events, and for
+//!   the container runtime Pods and PersistentVolumeClaims) from k8s-openapi types, so
+//!   their shape is typed; a real server's defaults (a Pod's scheduling, a claim's
+//!   binding) never appear unless a test writes them, as tests play kubelet and
+//!   scheduler themselves.
 //! - **CRDs are taken as given**: not validated on create, versions share one storage
 //!   without conversion, deleting a CRD leaves its objects, no discovery endpoints.
 //!   tend's CRD has one version and is checked against real servers' rules in
@@ -49,9 +53,16 @@
 //!   asserts it), and none sits inside a list.
 //! - **core/v1 and events.k8s.io/v1 Events are stored apart** (one store on a real
 //!   server). tend uses only events.k8s.io/v1.
-//! - **Deletion is simple**: no garbage collection of dependents, no propagation
-//!   policies, no grace periods, namespaces go at once. tend owns no Kubernetes objects
-//!   and releases Workspaces through its finalizer.
+//! - **Garbage collection is synchronous**: dependents go (or, with `Orphan`, lose their
+//!   reference) inside the write that removed the owner, each change its own watch event.
+//!   `Foreground` is taken as `Background` (the owner goes first; `blockOwnerDeletion` is
+//!   not checked), no `orphan` or `foregroundDeletion` finalizers appear, and an object
+//!   whose owners were never there (an unknown uid, another namespace) is left alone, where
+//!   the real collector deletes it. tend's claims and Pods name their live Workspace in their namespace, and
+//!   tend asks for neither policy; a synchronous collector only acts sooner.
+//! - **Deletion has no grace periods**: a Pod goes at once instead of terminating, and a
+//!   namespace goes at once, leaving its objects. A test that needs a terminating Pod
+//!   gives it a finalizer; tend deletes no namespaces.
 //! - **No rate limiting or priority and fairness**, and continue tokens never expire;
 //!   failures come only from [`FakeApiServer::inject_failure`]. tend's tests inject the
 //!   failures they need.
@@ -68,6 +79,8 @@ mod crd;
 mod events;
 #[path = "fake_kube/field.rs"]
 mod field;
+#[path = "fake_kube/gc.rs"]
+mod gc;
 #[path = "fake_kube/metadata.rs"]
 mod metadata;
 #[path = "fake_kube/patch.rs"]

@@ -1,5 +1,5 @@
 //! Object metadata as the server treats it for every kind: coerced to `ObjectMeta`,
-//! names, label and finalizer syntax checked.
+//! names, label and finalizer syntax and owner references checked.
 
 use serde_json::Value;
 
@@ -83,6 +83,7 @@ pub(crate) fn errors(obj: &Value) -> Vec<FieldError> {
             ));
         }
     }
+    errors.extend(owner_reference_errors(obj));
     for (i, finalizer) in finalizers(obj).iter().enumerate() {
         if !qualified_name(finalizer) {
             errors.push(FieldError::invalid(
@@ -90,6 +91,56 @@ pub(crate) fn errors(obj: &Value) -> Vec<FieldError> {
                 &Value::String(finalizer.clone()),
                 "name part must consist of alphanumeric characters, '-', '_' or '.'",
             ));
+        }
+    }
+    errors
+}
+
+/// What the server refuses in `metadata.ownerReferences`: a reference the garbage
+/// collector could not resolve, or more than one controller.
+fn owner_reference_errors(obj: &Value) -> Vec<FieldError> {
+    let Some(refs) = obj
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    let mut errors = Vec::new();
+    let mut controller: Option<String> = None;
+    for r in refs {
+        let text = |field: &str| r.get(field).and_then(Value::as_str).unwrap_or_default();
+        let api_version = text("apiVersion");
+        let version = match api_version.split('/').collect::<Vec<_>>()[..] {
+            [version] | [_, version] => version,
+            _ => "",
+        };
+        let checks = [
+            ("apiVersion", version, "version must not be empty"),
+            ("kind", text("kind"), "must not be empty"),
+            ("name", text("name"), "must not be empty"),
+            ("uid", text("uid"), "must not be empty"),
+        ];
+        for (field, value, why) in checks {
+            if value.is_empty() {
+                errors.push(FieldError::invalid(
+                    &format!("metadata.ownerReferences.{field}"),
+                    &Value::String(text(field).to_string()),
+                    why,
+                ));
+            }
+        }
+        if r.get("controller").and_then(Value::as_bool) == Some(true) {
+            let this = format!("{}/{}", text("kind"), text("name"));
+            match &controller {
+                Some(first) => errors.push(FieldError::invalid(
+                    "metadata.ownerReferences",
+                    &Value::Array(refs.clone()),
+                    &format!(
+                        "Only one reference can have Controller set to true. Found \"true\" in references for {first} and {this}"
+                    ),
+                )),
+                None => controller = Some(this),
+            }
         }
     }
     errors

@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 use super::crd;
 use super::events;
 use super::field::FieldError;
+use super::gc::{Propagation, propagation};
 use super::metadata;
 use super::patch::{PatchError, json_patch, merge_patch};
 use super::resource::{ApiError, Filter, Query, Reply, Target, TypeInfo};
@@ -423,14 +424,15 @@ impl State {
         if deleting && finalizers(&new).is_empty() {
             // The server deletes instead of storing the update; both the reply and the
             // DELETED event carry the last stored state.
-            self.commit(&key, ChangeType::Deleted, old.clone(), None);
+            self.remove(&key, old.clone());
             return Ok((200, Self::present(t, info, &old)));
         }
         let stored = self.commit(&key, ChangeType::Modified, new, Some(old));
         Ok((200, Self::present(t, info, &stored)))
     }
 
-    /// DELETE of one object: finalizers turn it into a deletionTimestamp update.
+    /// DELETE of one object: finalizers turn it into a deletionTimestamp update; the
+    /// propagation policy decides what becomes of its dependents.
     pub(crate) fn delete(&mut self, t: &Target, q: &Query, body: &[u8]) -> Reply {
         let key = t.key();
         let info = self.info(t)?;
@@ -449,9 +451,10 @@ impl State {
                 .get("dryRun")
                 .and_then(Value::as_array)
                 .is_some_and(|d| d.iter().any(|v| v == "All"));
+        let policy = propagation(t, q, &options)?;
         let name = t.name.clone().unwrap_or_default();
         let ns = t.namespace.clone().unwrap_or_default();
-        let old = self
+        let mut old = self
             .stored(&key, &ns, &name)
             .cloned()
             .ok_or_else(|| ApiError::not_found(t, &name))?;
@@ -475,6 +478,15 @@ impl State {
         if old.pointer("/metadata/deletionTimestamp").is_some() {
             return Ok((200, Self::present(t, &info, &old)));
         }
+        if policy == Propagation::Orphan && !dry {
+            // The real server adds an `orphan` finalizer the collector then acts on; this
+            // orphans at once. Re-read: an object may own itself.
+            self.orphan_dependents(&old);
+            old = self
+                .stored(&key, &ns, &name)
+                .cloned()
+                .ok_or_else(|| ApiError::not_found(t, &name))?;
+        }
         if !finalizers(&old).is_empty() {
             let mut new = old.clone();
             let generation = old.pointer("/metadata/generation").and_then(Value::as_i64);
@@ -491,7 +503,7 @@ impl State {
             return Ok((200, Self::present(t, &info, &stored)));
         }
         if !dry {
-            self.commit(&key, ChangeType::Deleted, old.clone(), None);
+            self.remove(&key, old.clone());
         }
         Ok((200, Self::present(t, &info, &old)))
     }
