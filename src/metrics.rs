@@ -11,9 +11,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::api::{Phase, Runtime};
-use crate::backend::ErrorKind;
+use crate::backend::{CallStats, ErrorKind};
 use crate::core::Observation;
-use crate::sweep::SweepReport;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -229,21 +228,22 @@ impl Metrics {
         self.observation_age.observe(age.as_secs_f64());
     }
 
-    pub fn swept(&self, report: &SweepReport) {
+    /// One completed sweep: how many Workspaces were in scope and observed,
+    /// its calls and how long it took.
+    pub fn swept(&self, in_scope: usize, observed: usize, calls: &CallStats, duration: Duration) {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
         self.last_sweep_completed.set(now.as_secs_f64());
-        self.sweep_duration.observe(report.duration.as_secs_f64());
-        self.limiter_wait
-            .observe(report.calls.limiter_wait.as_secs_f64());
-        self.objects_observed.set(report.observed as i64);
-        self.objects_in_scope.set(report.in_scope as i64);
+        self.sweep_duration.observe(duration.as_secs_f64());
+        self.limiter_wait.observe(calls.limiter_wait.as_secs_f64());
+        self.objects_observed.set(observed as i64);
+        self.objects_in_scope.set(in_scope as i64);
         for (outcome, n) in [
-            ("ok", report.calls.ok),
-            ("throttled", report.calls.throttled),
-            ("failed", report.calls.failed),
-            ("timed_out", report.calls.timed_out),
+            ("ok", calls.ok),
+            ("throttled", calls.throttled),
+            ("failed", calls.failed),
+            ("timed_out", calls.timed_out),
         ] {
             self.describe_calls
                 .get_or_create(&OutcomeLabels { outcome })

@@ -370,7 +370,12 @@ impl Sweeper {
             calls,
             duration: started.elapsed(),
         };
-        self.metrics.swept(&report);
+        self.metrics.swept(
+            report.in_scope,
+            report.observed,
+            &report.calls,
+            report.duration,
+        );
         self.published.send_replace(Arc::new(next));
         for object in changed {
             let _ = self.wake.unbounded_send(object);
