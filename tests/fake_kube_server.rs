@@ -12,7 +12,8 @@ use std::time::Duration;
 use fake_kube::{Failure, FakeApiServer, FakeConfig};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
@@ -1371,4 +1372,495 @@ async fn requests_are_recorded_with_their_user_and_rbac_attributes() {
             "- get /version",
         ]
     );
+}
+
+const CM_PATH: &str = "/api/v1/namespaces/default/configmaps";
+
+/// The reference a controller sets on what it creates for `owner`, as tend's container
+/// runtime does.
+fn controller_of<K: kube::Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    OwnerReference {
+        block_owner_deletion: Some(true),
+        ..owner
+            .controller_owner_ref(&())
+            .expect("a stored owner has a name and uid")
+    }
+}
+
+/// A plain (not controller) reference to `owner`.
+fn reference_to<K: kube::Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    owner
+        .owner_ref(&())
+        .expect("a stored owner has a name and uid")
+}
+
+fn owned_config_map(name: &str, owners: Vec<OwnerReference>) -> ConfigMap {
+    let mut cm = config_map(name, &[]);
+    cm.metadata.owner_references = Some(owners);
+    cm
+}
+
+/// The owner uids of a stored object, `None` once it is gone.
+fn owner_uids(server: &FakeApiServer, path: &str) -> Option<Vec<String>> {
+    let obj = server.get_object(path)?;
+    let refs = obj["metadata"]["ownerReferences"].as_array().cloned();
+    Some(
+        refs.unwrap_or_default()
+            .iter()
+            .map(|r| r["uid"].as_str().unwrap_or_default().to_string())
+            .collect(),
+    )
+}
+
+/// Every event of a raw watch from `rv` until its one-second timeout, as (type, name).
+async fn events_since(api: &Api<ConfigMap>, rv: u64) -> Vec<(String, String)> {
+    let stream = api
+        .watch(&WatchParams::default().timeout(1), &rv.to_string())
+        .await
+        .unwrap();
+    let mut seen: Vec<(String, String)> = tokio::time::timeout(WAIT, stream.collect::<Vec<_>>())
+        .await
+        .expect("the watch ends after timeoutSeconds")
+        .into_iter()
+        .filter_map(|e| match e.unwrap() {
+            WatchEvent::Added(cm) => Some(("ADDED".into(), cm.name_any())),
+            WatchEvent::Modified(cm) => Some(("MODIFIED".into(), cm.name_any())),
+            WatchEvent::Deleted(cm) => Some(("DELETED".into(), cm.name_any())),
+            WatchEvent::Bookmark(_) => None,
+            WatchEvent::Error(e) => panic!("unexpected error event {e:?}"),
+        })
+        .collect();
+    // The collector promises no order among dependents.
+    seen.sort();
+    seen
+}
+
+#[tokio::test]
+async fn dependents_go_after_their_owner() {
+    let server = start().await;
+    let client = server.client();
+    let workspaces: Api<Workspace> = Api::default_namespaced(client.clone());
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let pp = PostParams::default();
+    let owner = workspaces
+        .create(&pp, &workspace("owner", "small"))
+        .await
+        .unwrap();
+    let child = cms
+        .create(&pp, &owned_config_map("child", vec![controller_of(&owner)]))
+        .await
+        .unwrap();
+    cms.create(
+        &pp,
+        &owned_config_map("grandchild", vec![controller_of(&child)]),
+    )
+    .await
+    .unwrap();
+    cms.create(&pp, &config_map("bystander", &[]))
+        .await
+        .unwrap();
+    let mut pod = Pod::default();
+    pod.metadata.name = Some("runner".into());
+    pod.metadata.owner_references = Some(vec![controller_of(&owner)]);
+    pods.create(&pp, &pod).await.unwrap();
+
+    // A dry run deletes nothing, dependents included.
+    let dry = DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    workspaces.delete("owner", &dry).await.unwrap();
+    assert!(server.get_object(&format!("{CM_PATH}/child")).is_some());
+
+    let mut events = watcher(cms.clone(), watcher::Config::default()).boxed();
+    loop {
+        if let Event::InitDone = next_event(&mut events).await.unwrap() {
+            break;
+        }
+    }
+    let before = server.current_resource_version();
+    workspaces
+        .delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Each dependent, and its own dependent in turn, goes with a DELETED event.
+    let mut deleted = Vec::new();
+    while deleted.len() < 2 {
+        match next_event(&mut events).await.unwrap() {
+            Event::Delete(cm) => {
+                let rv: u64 = cm.resource_version().unwrap().parse().unwrap();
+                deleted.push((cm.name_any(), rv));
+            }
+            other => panic!("expected only deletions, got {other:?}"),
+        }
+    }
+    deleted.sort();
+    assert_eq!(
+        deleted.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["child", "grandchild"]
+    );
+    assert!(
+        deleted.iter().all(|(_, rv)| *rv > before) && deleted[0].1 != deleted[1].1,
+        "each deletion has a fresh resourceVersion: {deleted:?}"
+    );
+    assert_eq!(
+        names(&cms.list(&ListParams::default()).await.unwrap().items),
+        vec!["bystander"]
+    );
+    server
+        .wait_for(WAIT, "the owned pod to go", |s| {
+            s.get_object("/api/v1/namespaces/default/pods/runner")
+                .is_none()
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn dependents_with_finalizers_are_marked_and_go_when_finalized() {
+    let server = start().await;
+    let workspaces: Api<Workspace> = Api::default_namespaced(server.client());
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let owner = workspaces
+        .create(&PostParams::default(), &workspace("owner", "small"))
+        .await
+        .unwrap();
+    let mut held = owned_config_map("held", vec![controller_of(&owner)]);
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    cms.create(&PostParams::default(), &held).await.unwrap();
+    let before = server.current_resource_version();
+
+    workspaces
+        .delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
+    let path = format!("{CM_PATH}/held");
+    server
+        .wait_for(WAIT, "the dependent to be marked for deletion", |s| {
+            s.get_object(&path)
+                .is_some_and(|o| o["metadata"]["deletionTimestamp"].is_string())
+        })
+        .await;
+    assert_eq!(
+        cms.get("held").await.unwrap().finalizers(),
+        ["example.com/hold"]
+    );
+
+    let release = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    cms.patch("held", &PatchParams::default(), &release)
+        .await
+        .unwrap();
+    server
+        .wait_for(WAIT, "the finalized dependent to go", |s| {
+            s.get_object(&path).is_none()
+        })
+        .await;
+    assert_eq!(
+        events_since(&cms, before).await,
+        [
+            ("DELETED".to_string(), "held".to_string()),
+            ("MODIFIED".into(), "held".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn owners_being_finalized_keep_their_dependents() {
+    let server = start().await;
+    let workspaces: Api<Workspace> = Api::default_namespaced(server.client());
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let mut guarded = workspace("guarded", "small");
+    guarded.metadata.finalizers = Some(vec!["tend.dev/cleanup".into()]);
+    let owner = workspaces
+        .create(&PostParams::default(), &guarded)
+        .await
+        .unwrap();
+    let dependent = cms
+        .create(
+            &PostParams::default(),
+            &owned_config_map("dependent", vec![controller_of(&owner)]),
+        )
+        .await
+        .unwrap();
+
+    let deleting = workspaces
+        .delete("guarded", &DeleteParams::default())
+        .await
+        .unwrap()
+        .left()
+        .expect("the owner waits for its finalizer");
+    assert!(deleting.metadata.deletion_timestamp.is_some());
+    // The owner still exists, so its dependent is untouched.
+    let untouched = cms.get("dependent").await.unwrap();
+    assert_eq!(untouched.resource_version(), dependent.resource_version());
+    assert!(untouched.metadata.deletion_timestamp.is_none());
+
+    let finalize = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    workspaces
+        .patch("guarded", &PatchParams::default(), &finalize)
+        .await
+        .unwrap();
+    server
+        .wait_for(WAIT, "the dependent to go with its finalized owner", |s| {
+            s.get_object(&format!("{CM_PATH}/dependent")).is_none()
+        })
+        .await;
+    assert!(server.get_object(&format!("{WS_PATH}/guarded")).is_none());
+}
+
+#[tokio::test]
+async fn a_dependent_with_two_owners_stays_while_one_remains() {
+    let server = start().await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let pp = PostParams::default();
+    let first = cms.create(&pp, &config_map("first", &[])).await.unwrap();
+    let second = cms.create(&pp, &config_map("second", &[])).await.unwrap();
+    let shared = owned_config_map("shared", vec![controller_of(&first), reference_to(&second)]);
+    cms.create(&pp, &shared).await.unwrap();
+    let path = format!("{CM_PATH}/shared");
+
+    cms.delete("first", &DeleteParams::default()).await.unwrap();
+    // The live owner keeps it; the collector drops the reference that now dangles.
+    server
+        .wait_for(WAIT, "the dangling reference to be dropped", |s| {
+            owner_uids(s, &path) == Some(vec![second.uid().unwrap()])
+        })
+        .await;
+    let kept = cms.get("shared").await.unwrap();
+    assert!(kept.metadata.deletion_timestamp.is_none());
+
+    cms.delete("second", &DeleteParams::default())
+        .await
+        .unwrap();
+    server
+        .wait_for(WAIT, "the dependent to go with its last owner", |s| {
+            s.get_object(&path).is_none()
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn objects_released_by_their_owner_survive_it() {
+    let server = start().await;
+    let workspaces: Api<Workspace> = Api::default_namespaced(server.client());
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let pp = PostParams::default();
+    let owner = workspaces
+        .create(&pp, &workspace("owner", "small"))
+        .await
+        .unwrap();
+    for name in ["kept", "released"] {
+        cms.create(&pp, &owned_config_map(name, vec![controller_of(&owner)]))
+            .await
+            .unwrap();
+    }
+    let release = Patch::Merge(json!({"metadata": {"ownerReferences": null}}));
+    let released = cms
+        .patch("released", &PatchParams::default(), &release)
+        .await
+        .unwrap();
+    assert!(released.owner_references().is_empty());
+
+    workspaces
+        .delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
+    server
+        .wait_for(WAIT, "the still-owned dependent to go", |s| {
+            s.get_object(&format!("{CM_PATH}/kept")).is_none()
+        })
+        .await;
+    let survivor = cms.get("released").await.unwrap();
+    assert_eq!(survivor.resource_version(), released.resource_version());
+}
+
+#[tokio::test]
+async fn orphan_propagation_keeps_dependents_and_strips_the_reference() {
+    let server = start().await;
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let pp = PostParams::default();
+    let owner = cms.create(&pp, &config_map("owner", &[])).await.unwrap();
+    let other = cms.create(&pp, &config_map("other", &[])).await.unwrap();
+    cms.create(&pp, &owned_config_map("only", vec![controller_of(&owner)]))
+        .await
+        .unwrap();
+    let both = owned_config_map("both", vec![controller_of(&owner), reference_to(&other)]);
+    cms.create(&pp, &both).await.unwrap();
+    let before = server.current_resource_version();
+
+    // kube sends the policy as DeleteOptions in the body.
+    cms.delete("owner", &DeleteParams::orphan()).await.unwrap();
+    assert_eq!(
+        server
+            .requests()
+            .last()
+            .and_then(|r| r.json_body())
+            .map(|b| b["propagationPolicy"].clone()),
+        Some(json!("Orphan"))
+    );
+    assert!(server.get_object(&format!("{CM_PATH}/owner")).is_none());
+    assert_eq!(
+        owner_uids(&server, &format!("{CM_PATH}/only")),
+        Some(vec![])
+    );
+    assert_eq!(
+        owner_uids(&server, &format!("{CM_PATH}/both")),
+        Some(vec![other.uid().unwrap()])
+    );
+    assert_eq!(
+        events_since(&cms, before).await,
+        [
+            ("DELETED".to_string(), "owner".to_string()),
+            ("MODIFIED".into(), "both".into()),
+            ("MODIFIED".into(), "only".into()),
+        ]
+    );
+
+    // The query parameter works too.
+    let second = cms.create(&pp, &config_map("second", &[])).await.unwrap();
+    cms.create(&pp, &owned_config_map("left", vec![controller_of(&second)]))
+        .await
+        .unwrap();
+    let request = hyper::Request::delete(format!("{CM_PATH}/second?propagationPolicy=Orphan"))
+        .body(Vec::new())
+        .unwrap();
+    let _: Value = client.request(request).await.unwrap();
+    assert!(server.get_object(&format!("{CM_PATH}/second")).is_none());
+    assert_eq!(
+        owner_uids(&server, &format!("{CM_PATH}/left")),
+        Some(vec![])
+    );
+
+    // An owner waiting on a finalizer orphans at once, and its dependent outlives it.
+    let mut slow = config_map("slow", &[]);
+    slow.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    let slow = cms.create(&pp, &slow).await.unwrap();
+    cms.create(
+        &pp,
+        &owned_config_map("outlives", vec![controller_of(&slow)]),
+    )
+    .await
+    .unwrap();
+    cms.delete("slow", &DeleteParams::orphan()).await.unwrap();
+    let outlives = format!("{CM_PATH}/outlives");
+    assert_eq!(owner_uids(&server, &outlives), Some(vec![]));
+    let finalize = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    cms.patch("slow", &PatchParams::default(), &finalize)
+        .await
+        .unwrap();
+    assert!(server.get_object(&format!("{CM_PATH}/slow")).is_none());
+    assert!(server.get_object(&outlives).is_some());
+
+    // A policy the server does not know is refused before anything is deleted.
+    let request = hyper::Request::delete(format!("{CM_PATH}/other"))
+        .header("Content-Type", "application/json")
+        .body(br#"{"propagationPolicy":"Eventually"}"#.to_vec())
+        .unwrap();
+    let refused: Result<Value, kube::Error> = client.request(request).await;
+    assert_eq!(api_error(refused), (422, "Invalid".into()));
+    assert!(server.get_object(&format!("{CM_PATH}/other")).is_some());
+}
+
+#[tokio::test]
+async fn cluster_scoped_owners_own_across_namespaces_and_foreground_collects() {
+    use k8s_openapi::api::core::v1::{Namespace, Node};
+    let server = start().await;
+    let client = server.client();
+    let pp = PostParams::default();
+    let mut node = Node::default();
+    node.metadata.name = Some("n1".into());
+    let node = Api::<Node>::all(client.clone())
+        .create(&pp, &node)
+        .await
+        .unwrap();
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some("other".into());
+    Api::<Namespace>::all(client.clone())
+        .create(&pp, &ns)
+        .await
+        .unwrap();
+    for namespace in ["default", "other"] {
+        Api::<ConfigMap>::namespaced(client.clone(), namespace)
+            .create(&pp, &owned_config_map("on-n1", vec![controller_of(&node)]))
+            .await
+            .unwrap();
+    }
+    Api::<Node>::all(client.clone())
+        .delete("n1", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    server
+        .wait_for(
+            WAIT,
+            "the node's dependents in every namespace to go",
+            |s| s.list_objects("/api/v1/configmaps").is_empty(),
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn jobs_orphan_their_pods_unless_asked_otherwise() {
+    use k8s_openapi::api::batch::v1::Job;
+    let server = start().await;
+    let client = server.client();
+    let jobs: Api<Job> = Api::default_namespaced(client.clone());
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let pp = PostParams::default();
+    for (job_name, pod_name, params) in [
+        ("legacy", "orphaned", DeleteParams::default()),
+        ("modern", "collected", DeleteParams::background()),
+    ] {
+        let mut job = Job::default();
+        job.metadata.name = Some(job_name.into());
+        let job = jobs.create(&pp, &job).await.unwrap();
+        let mut pod = Pod::default();
+        pod.metadata.name = Some(pod_name.into());
+        pod.metadata.owner_references = Some(vec![controller_of(&job)]);
+        pods.create(&pp, &pod).await.unwrap();
+        jobs.delete(job_name, &params).await.unwrap();
+    }
+    server
+        .wait_for(WAIT, "the background-deleted job's pod to go", |s| {
+            s.get_object("/api/v1/namespaces/default/pods/collected")
+                .is_none()
+        })
+        .await;
+    assert_eq!(
+        owner_uids(&server, "/api/v1/namespaces/default/pods/orphaned"),
+        Some(vec![])
+    );
+}
+
+#[tokio::test]
+async fn owner_references_must_resolve_and_name_one_controller() {
+    let server = start().await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let pp = PostParams::default();
+    let owner = cms.create(&pp, &config_map("owner", &[])).await.unwrap();
+    let no_uid = OwnerReference {
+        uid: String::new(),
+        ..controller_of(&owner)
+    };
+    let refused = cms
+        .create(&pp, &owned_config_map("no-uid", vec![no_uid]))
+        .await;
+    match refused {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422);
+            assert!(
+                status.message.contains("metadata.ownerReferences.uid"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let twice = owned_config_map("twice", vec![controller_of(&owner), controller_of(&owner)]);
+    assert_eq!(
+        api_error(cms.create(&pp, &twice).await),
+        (422, "Invalid".into())
+    );
+    let once = owned_config_map("once", vec![controller_of(&owner), reference_to(&owner)]);
+    cms.create(&pp, &once).await.unwrap();
 }
