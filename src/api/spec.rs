@@ -130,6 +130,16 @@ pub enum ReclaimPolicy {
     Delete,
 }
 
+impl ReclaimPolicy {
+    /// What a teardown did with the volume, for its announcement.
+    pub fn done(self) -> &'static str {
+        match self {
+            ReclaimPolicy::Retain => "retained",
+            ReclaimPolicy::Delete => "deleted",
+        }
+    }
+}
+
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(

@@ -195,15 +195,7 @@ pub(super) async fn apply(
             // What did not happen is not announced: no phase change, no
             // restart counted, unless the failure itself is the news.
             outcome.phase = phase;
-            fail(
-                &mut outcome,
-                phase,
-                plan.action,
-                e,
-                ctx,
-                ws,
-                backend.auth_reason(),
-            );
+            fail(&mut outcome, phase, plan.action, e, ctx, ws, backend);
         }
     }
     commit(ws, ctx, api, &old, outcome).await?;

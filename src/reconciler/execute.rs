@@ -10,13 +10,9 @@ pub(super) fn fail(
     e: BackendError,
     ctx: &Context,
     ws: &Workspace,
-    auth_reason: &'static str,
+    backend: &dyn Backend,
 ) {
-    let (name, ns, runtime) = (
-        ws.name_any(),
-        ws.namespace().unwrap_or_default(),
-        ws.spec.runtime,
-    );
+    let (name, ns) = (ws.name_any(), ws.namespace().unwrap_or_default());
     let message = e.to_string();
     match &e {
         BackendError::NotOwned { .. } => {
@@ -26,7 +22,7 @@ pub(super) fn fail(
         }
         BackendError::Call(call) => {
             ctx.metrics
-                .backend_error(runtime, call.operation, call.kind);
+                .backend_error(backend.runtime(), call.operation, call.kind);
             let launching = matches!(action, Action::Provision | Action::Start);
             match call.kind {
                 ErrorKind::InvalidParameter if launching => failed(
@@ -41,13 +37,10 @@ pub(super) fn fail(
                 ),
                 ErrorKind::Auth => {
                     error!(workspace = %name, namespace = %ns, "the backend rejected tend's credentials: {message}");
-                    outcome.problem = Some(Problem::failure(auth_reason, message));
+                    outcome.problem = Some(Problem::failure(backend.auth_reason(), message));
                     outcome.phase = phase;
                 }
-                _ => {
-                    warn!(workspace = %name, namespace = %ns, "{message}; will retry");
-                    outcome.detail = Some(format!("retrying after: {message}"));
-                }
+                _ => retry_later(outcome, &name, &ns, message),
             }
         }
         BackendError::Invalid(_) => failed(outcome, phase, "LaunchFailed", message),
@@ -56,10 +49,7 @@ pub(super) fn fail(
             outcome.phase = phase;
             outcome.problem = Some(Problem::failure(reason, message));
         }
-        BackendError::InputUnreadable(_) => {
-            warn!(workspace = %name, namespace = %ns, "{message}; will retry");
-            outcome.detail = Some(format!("retrying after: {message}"));
-        }
+        BackendError::InputUnreadable(_) => retry_later(outcome, &name, &ns, message),
         // Healing needs the data; an empty volume in its place would hide the
         // loss. Held until a human's tend.dev/retry (see WAITS_FOR_HUMAN).
         BackendError::VolumeLost { .. } => {
@@ -86,6 +76,12 @@ pub(super) fn fail(
             ));
         }
     }
+}
+
+/// A failure that a later attempt may not have: said, and retried.
+fn retry_later(outcome: &mut Outcome, name: &str, ns: &str, message: String) {
+    warn!(workspace = %name, namespace = %ns, "{message}; will retry");
+    outcome.detail = Some(format!("retrying after: {message}"));
 }
 
 pub(super) fn failed(outcome: &mut Outcome, phase: Phase, reason: &'static str, message: String) {

@@ -28,6 +28,7 @@ pub use state::{classify_pod, node_doubt};
 
 use crate::api::{ContainerSpec, ReclaimPolicy, Runtime, Workspace, WorkspaceStatus};
 use crate::backend::{Backend, BackendError, ErrorKind, Observed, Owner, Probe, Record, Step};
+use crate::core::Observation;
 use errors::bounded;
 
 /// How the container backend is set up.
@@ -99,8 +100,9 @@ impl ContainerBackend {
         }
     }
 
-    /// Deletes the owned Pods other than `keep`. `true` while any of them
-    /// still exists.
+    /// Deletes the owned Pods other than `keep`, and names those that still
+    /// exist. Pods carrying the label but not owned are left alone and
+    /// reported in `skipped`.
     async fn retire_pods(
         &self,
         ws: &Workspace,
@@ -176,16 +178,7 @@ impl ContainerBackend {
             };
             let name = pod_name(owner.name, number);
             // Never two Pods on one claim: the earlier launches' go first.
-            let mut skipped = Vec::new();
-            let old = self
-                .retire_pods(ws, owner, Some(&name), &mut skipped)
-                .await?;
-            if let Some(foreign) = skipped.into_iter().next() {
-                return Err(BackendError::NotOwned {
-                    resource: "a Pod labelled for this Workspace".into(),
-                    detail: foreign,
-                });
-            }
+            let old = self.retire_pods_or_refuse(ws, owner, Some(&name)).await?;
             if !old.is_empty() {
                 return Ok(Step::Wait(format!("waiting for {} to go", old.join(", "))));
             }
@@ -200,10 +193,32 @@ impl ContainerBackend {
         };
         match self.call("GetPod", self.pods(ws).get_opt(recorded)).await? {
             None => Ok(Step::Wait(format!("{recorded} is not visible yet"))),
-            Some(pod) => match classify_pod(&pod) {
-                crate::core::Observation::Running => Ok(Step::Done),
-                other => Ok(Step::Wait(format!("{other:?}"))),
-            },
+            Some(pod) => Ok(match classify_pod(&pod) {
+                Observation::Running => Step::Done,
+                Observation::Pending { detail } => Step::Wait(detail),
+                Observation::NotRunning(nr) => Step::Wait(nr.message),
+                Observation::Unknown { error } => Step::Wait(error),
+            }),
+        }
+    }
+
+    /// Like [`Self::retire_pods`], but a foreign Pod under this Workspace's
+    /// label refuses the whole step: a launch or a stop must not go on
+    /// beside it.
+    async fn retire_pods_or_refuse(
+        &self,
+        ws: &Workspace,
+        owner: &Owner<'_>,
+        keep: Option<&str>,
+    ) -> Result<Vec<String>, BackendError> {
+        let mut skipped = Vec::new();
+        let remaining = self.retire_pods(ws, owner, keep, &mut skipped).await?;
+        match skipped.into_iter().next() {
+            Some(foreign) => Err(BackendError::NotOwned {
+                resource: "a Pod labelled for this Workspace".into(),
+                detail: foreign,
+            }),
+            None => Ok(remaining),
         }
     }
 
@@ -330,15 +345,8 @@ impl Backend for ContainerBackend {
 
     async fn stop(&self, ws: &Workspace, _hibernate: bool) -> Result<(), BackendError> {
         let owner = Owner::of(ws, &self.settings.cluster);
-        let mut skipped = Vec::new();
-        self.retire_pods(ws, &owner, None, &mut skipped).await?;
-        match skipped.into_iter().next() {
-            Some(foreign) => Err(BackendError::NotOwned {
-                resource: "a Pod labelled for this Workspace".into(),
-                detail: foreign,
-            }),
-            None => Ok(()),
-        }
+        self.retire_pods_or_refuse(ws, &owner, None).await?;
+        Ok(())
     }
 
     async fn teardown(
@@ -365,10 +373,7 @@ impl Backend for ContainerBackend {
     }
 
     fn released(&self, ws: &Workspace) -> String {
-        let kept = match reclaim_policy(ws) {
-            ReclaimPolicy::Retain => "retained",
-            ReclaimPolicy::Delete => "deleted",
-        };
+        let kept = reclaim_policy(ws).done();
         match ws.status.as_ref().and_then(|s| s.volume_id.as_ref()) {
             Some(claim) => format!("Pod deleted; claim {claim} {kept}"),
             None => "Pod deleted".to_owned(),

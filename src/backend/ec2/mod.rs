@@ -183,10 +183,13 @@ impl Backend for Ec2Backend {
     }
 
     fn released(&self, ws: &Workspace) -> String {
-        let kept = match ws.spec.ec2.as_ref().map(|s| s.volume.reclaim_policy) {
-            Some(ReclaimPolicy::Delete) => "deleted",
-            _ => "retained",
-        };
+        let kept = ws
+            .spec
+            .ec2
+            .as_ref()
+            .map(|s| s.volume.reclaim_policy)
+            .unwrap_or_default()
+            .done();
         match ws.status.as_ref().and_then(|s| s.volume_id.as_ref()) {
             Some(v) => format!("instance terminated; data volume {v} {kept}"),
             None => "nothing left to release".to_owned(),
