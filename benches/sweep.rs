@@ -16,6 +16,8 @@ mod fake_kube;
 mod faults;
 #[path = "../tests/support/moto.rs"]
 mod moto;
+#[path = "../tests/support/paths.rs"]
+mod paths;
 
 #[path = "support/e2e.rs"]
 mod e2e;

@@ -9,6 +9,8 @@
 mod fake_kube;
 #[path = "../tests/support/moto.rs"]
 mod moto;
+#[path = "../tests/support/paths.rs"]
+mod paths;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -64,9 +66,8 @@ async fn main() -> anyhow::Result<()> {
         .spawn()?;
 
     // The example names a real subnet and AMI; point it at moto's.
-    let mut ws: Workspace = serde_yaml::from_str(&std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/workspace-ec2.yaml"
+    let mut ws: Workspace = serde_yaml::from_str(&std::fs::read_to_string(paths::project_path(
+        "examples/workspace-ec2.yaml",
     ))?)?;
     let (subnet, zone) = moto.default_subnet(None).await;
     let ami = moto.some_ami().await;

@@ -3,6 +3,8 @@
 //! worst-case cost is unbounded), with the columns `kubectl get ws` promises, and equal
 //! to the committed file.
 
+mod support;
+
 use kube::CustomResourceExt;
 use serde_json::Value;
 use tend::api::Workspace;
@@ -340,8 +342,7 @@ fn conditions_are_a_list_map_keyed_by_type() {
 #[test]
 fn the_committed_crd_is_current() {
     let committed =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/workspace.yaml"))
-            .unwrap();
+        std::fs::read_to_string(support::paths::project_path("crds/workspace.yaml")).unwrap();
     assert!(
         committed == tend::crd_yaml(),
         "crds/workspace.yaml is stale: run `make crd`"

@@ -4,6 +4,8 @@
 mod faults;
 #[path = "support/moto.rs"]
 mod moto;
+#[path = "support/paths.rs"]
+mod paths;
 
 use std::time::{Duration, Instant};
 

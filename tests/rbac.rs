@@ -161,7 +161,7 @@ fn names_tend(subject: &Value) -> bool {
 fn grants() -> Vec<Grant> {
     let rendered = Command::new("kubectl")
         .args(["kustomize", "deploy/"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(support::paths::project_path(""))
         .output()
         .expect("kubectl runs (it renders deploy/)");
     assert!(

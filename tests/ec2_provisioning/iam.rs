@@ -25,7 +25,7 @@ pub struct Policy {
 
 impl Policy {
     pub fn load() -> Policy {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/iam-policy.json");
+        let path = crate::support::paths::project_path("deploy/iam-policy.json");
         let text = std::fs::read_to_string(path).expect("read deploy/iam-policy.json");
         let doc: Value = serde_json::from_str(&text).expect("the IAM policy is JSON");
         let mut allowed: BTreeMap<(String, String), Vec<Vec<Required>>> = BTreeMap::new();

@@ -6,4 +6,5 @@ pub mod checks;
 pub mod fake_kube;
 pub mod faults;
 pub mod moto;
+pub mod paths;
 pub mod rig;

@@ -108,10 +108,7 @@ impl Moto {
     pub fn server_path() -> PathBuf {
         match std::env::var_os("TEND_MOTO_SERVER") {
             Some(path) if !path.is_empty() => PathBuf::from(path),
-            _ => PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/.venv/bin/moto_server"
-            )),
+            _ => super::paths::project_path(".venv/bin/moto_server"),
         }
     }
 
