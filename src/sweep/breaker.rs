@@ -89,12 +89,15 @@ pub fn assess(
     sweep: u64,
     settings: &BreakerSettings,
 ) -> Assessment {
-    // Deaths within the window, of Workspaces still in this sweep, one per
-    // uid. A death whose instance answers alive again was a scare, not a
-    // death; a replacement that runs does not undo its predecessor's death.
+    // Deaths within the window, one per uid. A death whose instance answers
+    // alive again was a scare, not a death; a replacement that runs does not
+    // undo its predecessor's death. Neither does leaving the sweep: healing
+    // takes a Workspace out of it (a replacement being provisioned, or one
+    // that failed to launch), and forgetting its death there would shrink
+    // the group under the threshold while the rest of it dies.
     let current: HashMap<&str, &Sample> = samples.iter().map(|s| (s.uid, s)).collect();
     let still_dead = |d: &Death| {
-        current.get(d.uid.as_str()).is_some_and(|s| {
+        current.get(d.uid.as_str()).is_none_or(|s| {
             s.backend_id != d.backend_id
                 || !matches!(s.now, Observation::Running | Observation::Pending { .. })
         })
@@ -124,11 +127,13 @@ pub fn assess(
             groups.entry(key).or_default().0 += 1;
         }
     }
+    // A death out of the sweep still belongs to its group's fleet.
     for d in deaths.values() {
+        let swept = current.contains_key(d.uid.as_str());
         for key in groups_of(&d.location, d.zone.as_deref()) {
-            if let Some(group) = groups.get_mut(&key) {
-                group.1 += 1;
-            }
+            let group = groups.entry(key).or_default();
+            group.0 += usize::from(!swept);
+            group.1 += 1;
         }
     }
     let trips: Vec<Trip> = groups

@@ -302,3 +302,37 @@ fn workspaces_already_offline_are_no_new_deaths_after_a_restart() {
     assert!(trips.is_empty(), "{trips:?}");
     assert!(holds.values().all(|h| *h == Hold::None));
 }
+
+#[test]
+fn deaths_that_left_the_sweep_still_count_in_their_group() {
+    // 10 Workspaces; 2 die and pass (20% is not more than 20%). Healing them
+    // takes them out of the sweep (a replacement that cannot launch leaves
+    // them Failed), and then a third dies: 3 of the 10 within the window,
+    // though only 8 are still swept.
+    let mut fleet = Fleet::new(10, 2);
+    let (holds, trips) = fleet.sweep();
+    assert!(trips.is_empty(), "{trips:?}");
+    assert!(holds.values().all(|h| *h == Hold::None));
+    fleet.now[2] = dead();
+    let samples: Vec<Sample> = fleet.samples().into_iter().skip(2).collect();
+    let a = assess(&samples, &fleet.deaths, fleet.sweep + 1, &settings());
+    let region = a.trips.iter().find(|t| t.zone.is_none());
+    assert_eq!(
+        region.map(|t| (t.not_running, t.observed)),
+        Some((3, 10)),
+        "{:?}",
+        a.trips
+    );
+    assert_eq!(
+        a.holds["u002"],
+        Hold::Suspected {
+            sweeps: 1,
+            absent: false
+        }
+    );
+    assert_eq!(
+        a.deaths.len(),
+        3,
+        "the two out of the sweep stay in the window"
+    );
+}
