@@ -63,12 +63,12 @@ pub struct RunArgs {
     #[arg(long, env = "TEND_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
 
-    /// Timeout of each AWS call.
+    /// Timeout of each backend call (to EC2, or to the Kubernetes API about Pods).
     #[arg(long, env = "TEND_PROBE_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub probe_timeout: Duration,
 
-    /// How long after launch a missing instance is still taken for EC2's
-    /// eventual consistency rather than proof of death.
+    /// How long after launch a missing instance (or Pod) is still taken for
+    /// EC2's eventual consistency rather than proof of death.
     #[arg(long, env = "TEND_NOT_FOUND_GRACE", value_parser = duration, default_value = "5m")]
     pub not_found_grace: Duration,
 
@@ -84,7 +84,7 @@ pub struct RunArgs {
     #[arg(long, env = "TEND_ERROR_BACKOFF", value_parser = duration, default_value = "10s")]
     pub error_backoff: Duration,
 
-    /// How often the sweeper asks EC2 about every Workspace that should be running.
+    /// How often the sweeper asks the backends about every Workspace that should be running.
     #[arg(long, env = "TEND_SWEEP_INTERVAL", value_parser = duration, default_value = "60s")]
     pub sweep_interval: Duration,
 
@@ -97,7 +97,7 @@ pub struct RunArgs {
     #[arg(long, env = "TEND_MAX_PER_SWEEP", default_value_t = 20000)]
     pub max_per_sweep: usize,
 
-    /// DescribeInstances calls in flight at once.
+    /// Backend calls in flight at once (DescribeInstances, or Pod reads).
     #[arg(long, env = "TEND_MAX_IN_FLIGHT", default_value_t = 8)]
     pub max_in_flight: usize,
 

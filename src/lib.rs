@@ -21,6 +21,7 @@ use kube::api::Api;
 
 use crate::api::Workspace;
 use crate::backend::Backends;
+use crate::backend::container::{ContainerBackend, ContainerSettings};
 use crate::backend::ec2::{BatchSettings, Ec2Backend, Ec2Settings, Limits, Rate};
 use crate::config::RunArgs;
 use crate::health::Readiness;
@@ -104,6 +105,15 @@ pub async fn run_controller(
         },
         limits,
         client.clone(),
+    )));
+    backends.register(Arc::new(ContainerBackend::new(
+        client.clone(),
+        ContainerSettings {
+            cluster: args.cluster_name.clone(),
+            not_found_grace: args.not_found_grace,
+            probe_timeout: args.probe_timeout,
+            max_in_flight: args.max_in_flight,
+        },
     )));
     let settings = Settings {
         progress_interval: args.progress_interval,

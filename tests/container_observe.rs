@@ -2,17 +2,16 @@
 //! real HTTP: what the Pods and their Nodes say becomes Running, Pending,
 //! NotRunning or Unknown, and an omission is asked about by name.
 
-#[path = "support/fake_kube.rs"]
-#[allow(dead_code)]
-mod fake_kube;
+mod support;
 
 use std::time::Duration;
 
-use fake_kube::FakeApiServer;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use serde_json::json;
+use support::fake_kube::FakeApiServer;
+use support::kubelet::Kubelet;
 use tend::backend::container::{ContainerBackend, ContainerSettings, LABEL_UID};
 use tend::backend::{Backend, Probe};
 use tend::core::Observation;
@@ -31,22 +30,6 @@ fn backend(server: &FakeApiServer) -> ContainerBackend {
     )
 }
 
-async fn node(server: &FakeApiServer, name: &str, ready: &str) {
-    let nodes: Api<Node> = Api::all(server.client());
-    let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    nodes.create(&PostParams::default(), &node).await.unwrap();
-    set_ready(server, name, ready).await;
-}
-
-async fn set_ready(server: &FakeApiServer, name: &str, ready: &str) {
-    let nodes: Api<Node> = Api::all(server.client());
-    let status = json!({"status": {"conditions": [{"type": "Ready", "status": ready}]}});
-    nodes
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
-}
-
 /// A Pod of tend's, scheduled on `node`, in `phase` with the workspace
 /// container in `state`.
 async fn pod(
@@ -63,14 +46,11 @@ async fn pod(
     }))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
-    let status = json!({"status": {
-        "phase": phase,
-        "containerStatuses": [{"name": "workspace", "state": state, "ready": true,
-            "restartCount": 0, "image": "busybox", "imageID": ""}],
-    }});
-    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
+    kubelet(server).report(name, phase, state).await;
+}
+
+fn kubelet(server: &FakeApiServer) -> Kubelet {
+    Kubelet::new(server.client(), "default")
 }
 
 fn probe(name: &str, launched_ago: Duration) -> Probe {
@@ -92,8 +72,8 @@ fn reason(obs: &Observation) -> Option<&str> {
 #[tokio::test]
 async fn pods_are_read_with_their_nodes_and_an_omission_is_asked_about_by_name() {
     let server = FakeApiServer::start().await;
-    node(&server, "node-a", "True").await;
-    node(&server, "node-b", "Unknown").await;
+    kubelet(&server).node("node-a", "True").await;
+    kubelet(&server).node("node-b", "Unknown").await;
     pod(
         &server,
         "running",
@@ -161,7 +141,7 @@ async fn pods_are_read_with_their_nodes_and_an_omission_is_asked_about_by_name()
 #[tokio::test]
 async fn a_node_that_recovers_vouches_for_its_pod_again() {
     let server = FakeApiServer::start().await;
-    node(&server, "node-a", "False").await;
+    kubelet(&server).node("node-a", "False").await;
     pod(
         &server,
         "dev-1",
@@ -178,7 +158,7 @@ async fn a_node_that_recovers_vouches_for_its_pod_again() {
         before.sightings[0].observation,
         Observation::Unknown { .. }
     ));
-    set_ready(&server, "node-a", "True").await;
+    kubelet(&server).set_ready("node-a", "True").await;
     let after = b.observe(&probes, deadline()).await;
     assert_eq!(after.sightings[0].observation, Observation::Running);
 }

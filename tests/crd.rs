@@ -315,7 +315,7 @@ fn printer_columns_tell_the_truth_at_a_glance() {
             ".status.conditions[?(@.type==\"Ready\")].status",
             0,
         ),
-        ("Instance", ".status.instanceId", 0),
+        ("Instance", ".status.backend", 0),
         ("Restarts", ".status.restarts", 0),
         ("Age", ".metadata.creationTimestamp", 0),
         (

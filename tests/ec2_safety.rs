@@ -234,39 +234,29 @@ async fn ec2_runtime_without_ec2_block_is_invalid_spec_and_launches_nothing() {
 }
 
 #[tokio::test]
-async fn container_and_external_runtimes_are_reported_not_supported() {
+async fn the_external_runtime_is_reported_not_supported() {
     let rig = Rig::start().await;
-    for (name, spec) in [
-        (
-            "box",
-            json!({ "runtime": "container", "container": { "image": "busybox" } }),
-        ),
-        ("laptop", json!({ "runtime": "external", "external": {} })),
-    ] {
-        let ws: Workspace = serde_json::from_value(json!({
-            "apiVersion": "tend.dev/v1alpha1",
-            "kind": "Workspace",
-            "metadata": { "name": name, "namespace": NS },
-            "spec": spec,
-        }))
-        .unwrap();
-        rig.create(&ws).await;
-    }
-    for name in ["box", "laptop"] {
-        rig.wait_ws(name, "RuntimeNotSupported", |w| {
-            w.status.as_ref().is_some_and(|s| {
-                s.conditions.iter().any(|c| {
-                    c.type_ == "Ready" && c.status == "False" && c.reason == "RuntimeNotSupported"
-                })
+    let ws: Workspace = serde_json::from_value(json!({
+        "apiVersion": "tend.dev/v1alpha1",
+        "kind": "Workspace",
+        "metadata": { "name": "laptop", "namespace": NS },
+        "spec": { "runtime": "external", "external": {} },
+    }))
+    .unwrap();
+    rig.create(&ws).await;
+    rig.wait_ws("laptop", "RuntimeNotSupported", |w| {
+        w.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == "Ready" && c.status == "False" && c.reason == "RuntimeNotSupported"
             })
         })
-        .await;
-        rig.wait_event(name, "RuntimeNotSupported").await;
-    }
+    })
+    .await;
+    rig.wait_event("laptop", "RuntimeNotSupported").await;
     assert_eq!(rig.proxy.calls("RunInstances"), 0);
-    // Deleting them is not blocked by the finalizer.
-    rig.delete("box").await;
-    rig.wait_gone("box").await;
+    // Deleting it is not blocked by the finalizer.
+    rig.delete("laptop").await;
+    rig.wait_gone("laptop").await;
 }
 
 #[tokio::test]

@@ -13,9 +13,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use support::checks::has_condition;
 use support::fake_kube::RecordedRequest;
 use support::rig::{CONTROLLER_USER, NS, Rig};
-use tend::api::{Phase, SecretKeyRef};
+use tend::api::{Phase, ReclaimPolicy, SecretKeyRef};
 
 /// Permissions granted although the scenario below never needs them, each with why it
 /// stays. Keep this list short: anything on it is privilege tend might not need.
@@ -24,9 +25,10 @@ const KEPT_UNUSED: &[(&str, &str, &str, &str)] = &[];
 /// Paths every authenticated client may read through the default discovery roles.
 const PUBLIC_PATHS: &[&str] = &["/version", "/healthz", "/livez", "/readyz", "/api", "/apis"];
 
-/// Drives tend through everything it does with the API: a Workspace whose user data
-/// comes from a Secret goes Online, is stopped and started, is healed after its
-/// instance is terminated behind tend's back, and is deleted.
+/// Drives tend through everything it does with the API: an EC2 Workspace whose user
+/// data comes from a Secret goes Online, is stopped and started, is healed after its
+/// instance is terminated behind tend's back, and is deleted; then container
+/// Workspaces go through the same life, with a lost node and both reclaim policies.
 async fn controller_requests() -> Vec<RecordedRequest> {
     let mut rig = Rig::new().await;
     // As deployed: tend watches every namespace.
@@ -76,6 +78,56 @@ async fn controller_requests() -> Vec<RecordedRequest> {
         instance.state().and_then(|s| s.name()),
         Some(&InstanceStateName::Terminated)
     );
+
+    // A container Workspace: Online on a Pod with its claim, healed after
+    // the Pod fails, seen through a lost node, stopped, started, and deleted
+    // with the claim retained; a second one deletes its claim.
+    let kubelet = rig.kubelet();
+    kubelet.node("node-a", "True").await;
+    rig.create(&rig.container_workspace("box")).await;
+    rig.wait_pod("box-1").await;
+    kubelet.run("box-1", "node-a").await;
+    rig.wait_phase("box", Phase::Online).await;
+    kubelet.fail("box-1", 1, "Error").await;
+    rig.wait_pod("box-2").await;
+    kubelet.run("box-2", "node-a").await;
+    rig.wait_ws("box", "healed on a new Pod", |w| {
+        w.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Some(Phase::Online) && s.restarts == 1)
+    })
+    .await;
+    kubelet.set_ready("node-a", "Unknown").await;
+    rig.wait_ws("box", "the lost node seen", |w| {
+        has_condition(w, "BackendRunning", "Unknown", "ObservationFailed")
+    })
+    .await;
+    kubelet.set_ready("node-a", "True").await;
+    rig.patch_spec("box", json!({"desiredState": "Stopped"}))
+        .await;
+    rig.wait_phase("box", Phase::Stopped).await;
+    rig.patch_spec("box", json!({"desiredState": "Running"}))
+        .await;
+    rig.wait_pod("box-3").await;
+    kubelet.run("box-3", "node-a").await;
+    rig.wait_phase("box", Phase::Online).await;
+    rig.delete("box").await;
+    rig.wait_gone("box").await;
+    let mut scratch = rig.container_workspace("scratch");
+    if let Some(volume) = scratch
+        .spec
+        .container
+        .as_mut()
+        .and_then(|c| c.volume.as_mut())
+    {
+        volume.reclaim_policy = ReclaimPolicy::Delete;
+    }
+    rig.create(&scratch).await;
+    rig.wait_pod("scratch-1").await;
+    kubelet.run("scratch-1", "node-a").await;
+    rig.wait_phase("scratch", Phase::Online).await;
+    rig.delete("scratch").await;
+    rig.wait_gone("scratch").await;
     rig.crash_controller().await;
     rig.kube
         .requests()

@@ -31,7 +31,7 @@ use super::WorkspaceStatus;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Instance", type_ = "string", json_path = ".status.instanceId"),
+    printcolumn(name = "Instance", type_ = "string", json_path = ".status.backend"),
     printcolumn(name = "Restarts", type_ = "integer", json_path = ".status.restarts"),
     printcolumn(
         name = "Age",

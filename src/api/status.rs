@@ -9,6 +9,15 @@ pub struct WorkspaceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = super::spec::no_null_in_enum)]
     pub phase: Option<Phase>,
+    /// The runtime something was provisioned for: `spec.runtime` may not
+    /// change once this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::spec::no_null_in_enum)]
+    pub runtime: Option<super::Runtime>,
+    /// The backend recorded now, whatever the runtime (an EC2 instance id or
+    /// a Pod's name): what `kubectl get ws` shows as Instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,6 +82,7 @@ impl WorkspaceStatus {
             // Its heartbeat Lease is named after the Workspace: nothing to record.
             super::Runtime::External => {}
         }
+        self.backend = self.backend_id().map(str::to_owned);
     }
 }
 

@@ -49,15 +49,12 @@ fn check_recorded(ws: &Workspace) -> Result<(), SpecViolation> {
     let Some(status) = &ws.status else {
         return Ok(());
     };
-    // What each runtime records once it has provisioned something.
-    let provisioned = if status.pod_name.is_some() {
-        Some(Runtime::Container)
-    } else if status.region.is_some() || status.volume_id.is_some() || status.instance_id.is_some()
-    {
-        Some(Runtime::Ec2)
-    } else {
-        None
-    };
+    // Status names the runtime it provisioned for; before it did, only EC2
+    // provisioned anything, and it always recorded a region, volume or instance.
+    let provisioned = status.runtime.or_else(|| {
+        (status.region.is_some() || status.volume_id.is_some() || status.instance_id.is_some())
+            .then_some(Runtime::Ec2)
+    });
     if let Some(recorded) = provisioned
         && recorded != ws.spec.runtime
     {
@@ -205,6 +202,30 @@ mod tests {
         });
         let err = validate(&ws).unwrap_err();
         assert!(err.message.contains("spec.runtime is immutable"), "{err}");
+    }
+
+    #[test]
+    fn a_container_with_only_its_claim_recorded_is_still_a_container() {
+        let mut ws = ec2_workspace();
+        ws.spec.runtime = Runtime::Container;
+        ws.spec.ec2 = None;
+        ws.spec.container = Some(crate::api::ContainerSpec {
+            image: "busybox".into(),
+            command: vec![],
+            args: vec![],
+            env: vec![],
+            resources: None,
+            volume: None,
+        });
+        ws.status = Some(WorkspaceStatus {
+            runtime: Some(Runtime::Container),
+            volume_id: Some("dev-data".into()),
+            ..Default::default()
+        });
+        assert_eq!(validate(&ws), Ok(()));
+        ws.spec.runtime = Runtime::Ec2;
+        let err = validate(&ws).unwrap_err();
+        assert!(err.message.contains("provisioned as container"), "{err}");
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub(super) async fn commit(
     new.observed_generation = ws.metadata.generation;
     if let Some(r) = &outcome.record {
         apply_record(&mut new, ws.spec.runtime, r);
+        new.runtime = Some(ws.spec.runtime);
     }
     if let Some(retry) = &outcome.retry_handled {
         new.handled_retry = Some(retry.clone());

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::fake_kube::{FakeApiServer, FakeConfig};
 use super::faults::FaultProxy;
+use super::kubelet::Kubelet;
 use super::moto::Moto;
 
 pub const NS: &str = "default";
@@ -192,6 +193,57 @@ impl Rig {
             }
         }))
         .expect("workspace json")
+    }
+
+    /// A valid container Workspace with a 1Gi claim mounted at /data.
+    pub fn container_workspace(&self, name: &str) -> Workspace {
+        serde_json::from_value(json!({
+            "apiVersion": "tend.dev/v1alpha1",
+            "kind": "Workspace",
+            "metadata": { "name": name, "namespace": NS },
+            "spec": {
+                "runtime": "container",
+                "container": {
+                    "image": "busybox",
+                    "command": ["sleep", "infinity"],
+                    "volume": { "size": "1Gi", "mountPath": "/data" }
+                }
+            }
+        }))
+        .expect("workspace json")
+    }
+
+    /// Scheduler and kubelet for the rig's namespace.
+    pub fn kubelet(&self) -> Kubelet {
+        Kubelet::new(self.kube.client(), NS)
+    }
+
+    /// A Pod or claim (`pods`, `persistentvolumeclaims`) of the rig's
+    /// namespace, read straight from the fake server.
+    pub fn core_object(&self, resource: &str, name: &str) -> Option<Value> {
+        self.kube
+            .get_object(&format!("/api/v1/namespaces/{NS}/{resource}/{name}"))
+    }
+
+    /// Waits until the Pod exists.
+    pub async fn wait_pod(&self, name: &str) -> Value {
+        let path = format!("/api/v1/namespaces/{NS}/pods/{name}");
+        self.kube
+            .wait_for(WAIT, &format!("Pod {name}"), |k| {
+                k.get_object(&path).is_some()
+            })
+            .await;
+        self.core_object("pods", name).expect("pod exists")
+    }
+
+    /// Waits until the Pod or claim is gone.
+    pub async fn wait_core_gone(&self, resource: &str, name: &str) {
+        let path = format!("/api/v1/namespaces/{NS}/{resource}/{name}");
+        self.kube
+            .wait_for(WAIT, &format!("{resource}/{name} to go"), |k| {
+                k.get_object(&path).is_none()
+            })
+            .await;
     }
 
     pub async fn create(&self, ws: &Workspace) -> Workspace {
