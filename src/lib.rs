@@ -113,6 +113,7 @@ pub async fn run_controller(
             not_found_grace: args.not_found_grace,
             probe_timeout: args.probe_timeout,
             max_in_flight: args.max_in_flight,
+            namespace: args.namespace.clone(),
         },
     )));
     let settings = Settings {

@@ -307,3 +307,23 @@ async fn deletion_with_delete_removes_the_claim() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn a_pod_change_wakes_its_workspace_without_waiting_for_the_sweep() {
+    let mut rig = Rig::new().await;
+    // Only the first sweep comes from the interval; a look of the
+    // reconciler's own that sees a death waits for a sweep to confirm it.
+    rig.args.sweep_interval = Duration::from_secs(3600);
+    rig.start_controller().await;
+    online(&rig).await;
+    let interval_sweeps = rig.sweeps();
+    rig.kubelet().fail("dev-1", 1, "Error").await;
+    rig.wait_phase("dev", Phase::Offline).await;
+    assert!(
+        rig.sweeps() > interval_sweeps,
+        "an early sweep confirmed it"
+    );
+    rig.wait_pod("dev-2").await;
+    rig.kubelet().run("dev-2", NODE).await;
+    wait_online_after(&rig, "dev", 1).await;
+}

@@ -26,6 +26,7 @@ fn backend(server: &FakeApiServer) -> ContainerBackend {
             not_found_grace: GRACE,
             probe_timeout: Duration::from_secs(5),
             max_in_flight: 4,
+            namespace: None,
         },
     )
 }

@@ -22,7 +22,7 @@ use tend::backend::ec2::{BatchSettings, Describer, TokenBucket, observe_instance
 use tend::backend::{CallError, CallStats, ErrorKind, Probe, Sighting};
 use tend::config::RunArgs;
 use tend::core::Observation;
-use tend::sweep::{Snapshot, SweepSettings, Target, assemble, fair_order, to_ask};
+use tend::sweep::{Scope, Snapshot, SweepSettings, Target, assemble, fair_order, to_ask};
 use tokio::time::Instant;
 
 pub const REGION: &str = "us-east-1";
@@ -525,6 +525,7 @@ pub fn run_case(case: Case) -> CaseResult {
             &in_scope,
             &answers,
             now,
+            &Scope::All,
             &settings,
         );
         // A steady sweep: the same answers one interval later.
@@ -534,6 +535,7 @@ pub fn run_case(case: Case) -> CaseResult {
             &in_scope,
             &answers,
             now + jiff::SignedDuration::try_from(settings.interval).expect("duration"),
+            &Scope::All,
             &settings,
         );
         let host_ms = host_start.elapsed().as_secs_f64() * 1e3;
@@ -567,7 +569,16 @@ pub fn run_case(case: Case) -> CaseResult {
                     .map(|(id, _)| id.clone()),
             );
             let now = wall(Instant::now(), sim_start);
-            previous = assemble(&previous, &in_scope, &swept, &answers, now, &settings).0;
+            previous = assemble(
+                &previous,
+                &in_scope,
+                &swept,
+                &answers,
+                now,
+                &Scope::All,
+                &settings,
+            )
+            .0;
         }
 
         CaseResult {

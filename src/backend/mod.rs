@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use jiff::Timestamp;
 use tokio::time::Instant;
 
@@ -149,6 +150,14 @@ pub trait Backend: Send + Sync + 'static {
 
     /// What to ask about the backend that status records, if any.
     fn probe(&self, ws: &Workspace) -> Option<Probe>;
+
+    /// Where this backend's objects change, as they change: the `location`
+    /// of each (a namespace, a region), from a watch. The sweeper then looks
+    /// at that location's Workspaces at once instead of at its next tick; a
+    /// change is a reason to look, never an answer. `None`: nothing to watch.
+    fn changes(&self) -> Option<BoxStream<'static, String>> {
+        None
+    }
 
     /// Looks at many backends at once, batched, every call with its own
     /// timeout and the whole bounded by `deadline`. Never fails as a whole:

@@ -82,11 +82,16 @@ fn newly_not_running(s: &Sample) -> bool {
 }
 
 /// Decides the hold of every sample, and which groups tripped. `sweep` is
-/// this sweep's number; `recent` the deaths the previous sweep kept.
+/// this sweep's number; `recent` the deaths the previous sweep kept. An
+/// `early` sweep (woken by a watched change, between two of the interval's)
+/// may hold new deaths, but neither counts towards a hold's persistence nor
+/// releases a wave: those keep the interval's pace, however busy the
+/// watches are.
 pub fn assess(
     samples: &[Sample],
     recent: &[Death],
     sweep: u64,
+    early: bool,
     settings: &BreakerSettings,
 ) -> Assessment {
     // Deaths within the window, one per uid. A death whose instance answers
@@ -161,7 +166,7 @@ pub fn assess(
         let before = s.before.map(|b| b.hold).unwrap_or(Hold::None);
         let hold = match (before, s.now) {
             (Hold::Suspected { sweeps, absent }, Observation::NotRunning(_)) => Hold::Suspected {
-                sweeps: sweeps + 1,
+                sweeps: sweeps + u32::from(!early),
                 absent,
             },
             // No news is no evidence either way.
@@ -184,7 +189,7 @@ pub fn assess(
             Hold::Suspected { sweeps, .. } => sweeps >= settings.hold_sweeps,
             _ => false,
         };
-        if believed {
+        if believed && !early {
             eligible.push(s.uid);
         }
         holds.insert(s.uid.to_owned(), hold);

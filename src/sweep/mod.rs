@@ -7,10 +7,11 @@ mod breaker;
 mod observe;
 mod snapshot;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use jiff::Timestamp;
 use kube::ResourceExt;
@@ -133,6 +134,56 @@ fn proven_absent<'a>(previous: &'a Snapshot, t: &Target) -> Option<&'a Entry> {
         .filter(|e| e.absent && e.backend_id == t.probe.id)
 }
 
+/// How long an early sweep waits after the first change, so that the
+/// changes of one event (a node's Pods failing together) go in one look.
+const EARLY_QUIET: Duration = Duration::from_millis(100);
+/// Early sweeps come at most this often, however busy the watches are.
+const EARLY_GAP: Duration = Duration::from_secs(1);
+
+/// What a sweep looks at.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// Every Workspace the sweeper covers: the sweep of each interval.
+    All,
+    /// Only the Workspaces of these runtimes and locations, where a watch
+    /// saw a change: an early sweep. All of a location's Workspaces are
+    /// asked about, so the circuit breaker sees its group whole.
+    Changed(HashMap<Runtime, BTreeSet<String>>),
+}
+
+impl Scope {
+    pub fn covers(&self, t: &Target) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Changed(places) => places
+                .get(&t.runtime)
+                .is_some_and(|locations| locations.contains(&t.probe.location)),
+        }
+    }
+}
+
+/// Changes seen since the last sweep, waiting for an early one.
+#[derive(Default)]
+struct Changed {
+    places: HashMap<Runtime, BTreeSet<String>>,
+    first: Option<tokio::time::Instant>,
+}
+
+impl Changed {
+    fn note(&mut self, runtime: Runtime, location: String) {
+        self.places.entry(runtime).or_default().insert(location);
+        self.first.get_or_insert_with(tokio::time::Instant::now);
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => futures::future::pending().await,
+    }
+}
+
 /// What one sweep concluded.
 #[derive(Debug, Clone, Default)]
 pub struct SweepReport {
@@ -146,13 +197,16 @@ pub struct SweepReport {
 }
 
 /// Builds the next snapshot from the previous one and this sweep's answers,
-/// keyed by Workspace uid. Pure: the clock comes in as `now`.
+/// keyed by Workspace uid. Pure: the clock comes in as `now`. An early sweep
+/// (`Scope::Changed`) keeps the previous sweep's number, so the circuit
+/// breaker's window and holds count the interval's sweeps only.
 pub fn assemble(
     previous: &Snapshot,
     in_scope: &[Target],
     swept: &[Target],
     answers: &HashMap<String, Sighting>,
     now: Timestamp,
+    scope: &Scope,
     settings: &SweepSettings,
 ) -> (Snapshot, Vec<ObjectRef<Workspace>>, Vec<Trip>) {
     let sightings: Vec<Sighting> = swept
@@ -197,8 +251,9 @@ pub fn assemble(
             retry: t.retry.as_deref(),
         })
         .collect();
-    let sweep = previous.sweep + 1;
-    let assessment = assess(&samples, &previous.deaths, sweep, &settings.breaker);
+    let early = matches!(scope, Scope::Changed(_));
+    let sweep = previous.sweep + u64::from(!early);
+    let assessment = assess(&samples, &previous.deaths, sweep, early, &settings.breaker);
 
     let mut next = Snapshot {
         sweep,
@@ -305,25 +360,47 @@ impl Sweeper {
         debug!("sweeper started");
         let mut ticker = tokio::time::interval(self.settings.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changes = futures::stream::select_all(self.backends.iter().filter_map(|b| {
+            let runtime = b.runtime();
+            b.changes()
+                .map(|s| s.map(move |location| (runtime, location)).boxed())
+        }));
+        let mut changed = Changed::default();
+        let mut last_early: Option<tokio::time::Instant> = None;
         loop {
-            tokio::select! {
+            let early_at = changed.first.map(|first| {
+                let quiet = first + EARLY_QUIET;
+                last_early.map_or(quiet, |last| quiet.max(last + EARLY_GAP))
+            });
+            let scope = tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = ticker.tick() => {}
-            }
+                _ = ticker.tick() => {
+                    changed = Changed::default();
+                    Scope::All
+                }
+                Some((runtime, location)) = changes.next() => {
+                    changed.note(runtime, location);
+                    continue;
+                }
+                _ = sleep_until(early_at), if early_at.is_some() => {
+                    last_early = Some(tokio::time::Instant::now());
+                    Scope::Changed(std::mem::take(&mut changed).places)
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => {
                     info!("sweep cancelled");
                     break;
                 }
-                report = self.sweep_once() => {
-                    debug!(sweep = report.sweep, observed = report.observed, changed = report.changed.len(), duration = ?report.duration, "sweep done");
+                report = self.sweep_once(&scope) => {
+                    debug!(sweep = report.sweep, early = matches!(scope, Scope::Changed(_)), observed = report.observed, changed = report.changed.len(), duration = ?report.duration, "sweep done");
                 }
             }
         }
     }
 
     /// One sweep: scope, observe, assess, publish, wake.
-    pub async fn sweep_once(&self) -> SweepReport {
+    pub async fn sweep_once(&self, scope: &Scope) -> SweepReport {
         let started = tokio::time::Instant::now();
         let previous = self.published.borrow().clone();
         let in_scope: Vec<Target> = self
@@ -332,15 +409,26 @@ impl Sweeper {
             .iter()
             .filter_map(|ws| target(ws, &self.backends))
             .collect();
-        let mut swept = in_scope.clone();
+        let mut swept: Vec<Target> = in_scope
+            .iter()
+            .filter(|t| scope.covers(t))
+            .cloned()
+            .collect();
         fair_order(&mut swept, &previous, self.settings.max_per_sweep);
 
         let deadline = started + self.settings.period();
         let (answers, calls) =
             observe_all(&self.backends, &to_ask(&swept, &previous), deadline).await;
         let now = Timestamp::now();
-        let (next, changed, trips) =
-            assemble(&previous, &in_scope, &swept, &answers, now, &self.settings);
+        let (next, changed, trips) = assemble(
+            &previous,
+            &in_scope,
+            &swept,
+            &answers,
+            now,
+            scope,
+            &self.settings,
+        );
 
         for trip in &trips {
             warn!(

@@ -213,10 +213,19 @@ async fn a_steady_sweep_wakes_nothing() {
         &targets,
         &answers,
         now,
+        &Scope::All,
         &settings(),
     );
     assert_eq!(woken.len(), 50, "first answers wake everyone once");
-    let (_, woken, _) = assemble(&first, &targets, &targets, &answers, now, &settings());
+    let (_, woken, _) = assemble(
+        &first,
+        &targets,
+        &targets,
+        &answers,
+        now,
+        &Scope::All,
+        &settings(),
+    );
     assert!(woken.is_empty(), "{woken:?}");
 }
 
@@ -276,7 +285,15 @@ fn unknown_answers_turn_stale_only_after_stale_after() {
             },
         );
         let targets = vec![t.clone()];
-        let (next, _, _) = assemble(&previous, &targets, &targets, &failed, now, &settings());
+        let (next, _, _) = assemble(
+            &previous,
+            &targets,
+            &targets,
+            &failed,
+            now,
+            &Scope::All,
+            &settings(),
+        );
         let entry = next.get(&t.uid).unwrap();
         assert!(matches!(entry.observation, Observation::Unknown { .. }));
         assert_eq!(entry.stale, stale, "clean answer {clean_ago}s ago");
@@ -308,6 +325,7 @@ async fn a_proven_absence_is_settled_and_not_asked_about_again() {
         &targets,
         &absent,
         now,
+        &Scope::All,
         &settings,
     );
     let entry = first.get(&gone.uid).unwrap();
@@ -324,7 +342,15 @@ async fn a_proven_absence_is_settled_and_not_asked_about_again() {
         "the backend was not asked"
     );
     let later = now + jiff::SignedDuration::from_secs(60);
-    let (second, woken, _) = assemble(&first, &targets, &targets, &answers, later, &settings);
+    let (second, woken, _) = assemble(
+        &first,
+        &targets,
+        &targets,
+        &answers,
+        later,
+        &Scope::All,
+        &settings,
+    );
     let entry = second.get(&gone.uid).unwrap();
     assert!(entry.absent);
     assert_eq!(entry.observed_at, later);

@@ -11,10 +11,12 @@ mod errors;
 mod objects;
 mod observe;
 mod state;
+mod watch;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -42,6 +44,8 @@ pub struct ContainerSettings {
     pub probe_timeout: Duration,
     /// API calls in flight at once during a look.
     pub max_in_flight: usize,
+    /// The namespace tend watches, or every namespace.
+    pub namespace: Option<String>,
 }
 
 pub struct ContainerBackend {
@@ -325,6 +329,10 @@ impl Backend for ContainerBackend {
             volume_id: status.volume_id.clone(),
             launched_at: status.launched_at.as_ref().map(|t| t.0),
         })
+    }
+
+    fn changes(&self) -> Option<BoxStream<'static, String>> {
+        Some(self.pod_changes())
     }
 
     async fn observe(&self, probes: &[Probe], deadline: Instant) -> Observed {

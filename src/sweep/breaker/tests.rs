@@ -101,7 +101,13 @@ impl Fleet {
     /// "before", as the snapshot does.
     fn sweep(&mut self) -> (HashMap<String, Hold>, Vec<Trip>) {
         self.sweep += 1;
-        let a = assess(&self.samples(), &self.deaths, self.sweep, &settings());
+        let a = assess(
+            &self.samples(),
+            &self.deaths,
+            self.sweep,
+            false,
+            &settings(),
+        );
         for i in 0..self.uids.len() {
             let hold = a.holds[&self.uids[i]];
             let held_retry = match (hold, &self.before[i]) {
@@ -238,7 +244,13 @@ fn a_replacement_that_runs_does_not_undo_the_death_it_replaced() {
             ..s
         })
         .collect();
-    let a = assess(&samples, &replaced.deaths, replaced.sweep, &settings());
+    let a = assess(
+        &samples,
+        &replaced.deaths,
+        replaced.sweep,
+        false,
+        &settings(),
+    );
     assert!(!a.trips.is_empty(), "3 earlier deaths + 2 now = 5 of 20");
 }
 
@@ -315,7 +327,7 @@ fn deaths_that_left_the_sweep_still_count_in_their_group() {
     assert!(holds.values().all(|h| *h == Hold::None));
     fleet.now[2] = dead();
     let samples: Vec<Sample> = fleet.samples().into_iter().skip(2).collect();
-    let a = assess(&samples, &fleet.deaths, fleet.sweep + 1, &settings());
+    let a = assess(&samples, &fleet.deaths, fleet.sweep + 1, false, &settings());
     let region = a.trips.iter().find(|t| t.zone.is_none());
     assert_eq!(
         region.map(|t| (t.not_running, t.observed)),
@@ -335,4 +347,59 @@ fn deaths_that_left_the_sweep_still_count_in_their_group() {
         3,
         "the two out of the sweep stay in the window"
     );
+}
+
+#[test]
+fn early_sweeps_hold_new_deaths_but_keep_the_intervals_pace() {
+    let mut fleet = Fleet::new(20, 10);
+    let (holds, _) = fleet.sweep();
+    assert_eq!(count(&holds, |h| matches!(h, Hold::Suspected { .. })), 10);
+    // However many early sweeps come in between, none counts towards the
+    // hold or lets a wave through.
+    let mut early = assess(
+        &fleet.samples(),
+        &fleet.deaths,
+        fleet.sweep,
+        true,
+        &settings(),
+    );
+    for _ in 0..5 {
+        let before: Vec<Option<Entry>> = (0..20)
+            .map(|i| {
+                Some(entry(
+                    fleet.now[i].clone(),
+                    early.holds[&fleet.uids[i]],
+                    None,
+                ))
+            })
+            .collect();
+        fleet.before = before;
+        early = assess(
+            &fleet.samples(),
+            &fleet.deaths,
+            fleet.sweep,
+            true,
+            &settings(),
+        );
+        assert_eq!(count(&early.holds, |h| *h == Hold::Released), 0);
+        assert_eq!(
+            count(&early.holds, |h| *h
+                == Hold::Suspected {
+                    sweeps: 1,
+                    absent: false
+                }),
+            10
+        );
+    }
+    // A new death in an early sweep is held with the rest.
+    fleet.now[10] = dead();
+    let a = assess(
+        &fleet.samples(),
+        &fleet.deaths,
+        fleet.sweep,
+        true,
+        &settings(),
+    );
+    assert!(matches!(a.holds["u010"], Hold::Suspected { sweeps: 1, .. }));
+    assert_eq!(a.deaths.len(), 11);
 }
