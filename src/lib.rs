@@ -23,6 +23,7 @@ use crate::api::Workspace;
 use crate::backend::Backends;
 use crate::backend::container::{ContainerBackend, ContainerSettings};
 use crate::backend::ec2::{BatchSettings, Ec2Backend, Ec2Settings, Limits, Rate};
+use crate::backend::external::{ExternalBackend, ExternalSettings};
 use crate::config::RunArgs;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
@@ -111,6 +112,14 @@ pub async fn run_controller(
         ContainerSettings {
             cluster: args.cluster_name.clone(),
             not_found_grace: args.not_found_grace,
+            probe_timeout: args.probe_timeout,
+            max_in_flight: args.max_in_flight,
+            namespace: args.namespace.clone(),
+        },
+    )));
+    backends.register(Arc::new(ExternalBackend::new(
+        client.clone(),
+        ExternalSettings {
             probe_timeout: args.probe_timeout,
             max_in_flight: args.max_in_flight,
             namespace: args.namespace.clone(),

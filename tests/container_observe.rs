@@ -60,6 +60,7 @@ fn probe(name: &str, launched_ago: Duration) -> Probe {
         location: "default".into(),
         volume_id: None,
         launched_at: Some(Timestamp::now() - jiff::SignedDuration::try_from(launched_ago).unwrap()),
+        silence: None,
     }
 }
 

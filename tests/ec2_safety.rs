@@ -234,32 +234,6 @@ async fn ec2_runtime_without_ec2_block_is_invalid_spec_and_launches_nothing() {
 }
 
 #[tokio::test]
-async fn the_external_runtime_is_reported_not_supported() {
-    let rig = Rig::start().await;
-    let ws: Workspace = serde_json::from_value(json!({
-        "apiVersion": "tend.dev/v1alpha1",
-        "kind": "Workspace",
-        "metadata": { "name": "laptop", "namespace": NS },
-        "spec": { "runtime": "external", "external": {} },
-    }))
-    .unwrap();
-    rig.create(&ws).await;
-    rig.wait_ws("laptop", "RuntimeNotSupported", |w| {
-        w.status.as_ref().is_some_and(|s| {
-            s.conditions.iter().any(|c| {
-                c.type_ == "Ready" && c.status == "False" && c.reason == "RuntimeNotSupported"
-            })
-        })
-    })
-    .await;
-    rig.wait_event("laptop", "RuntimeNotSupported").await;
-    assert_eq!(rig.proxy.calls("RunInstances"), 0);
-    // Deleting it is not blocked by the finalizer.
-    rig.delete("laptop").await;
-    rig.wait_gone("laptop").await;
-}
-
-#[tokio::test]
 async fn failed_status_writes_are_retried_and_events_follow_the_write() {
     let rig = Rig::start().await;
     rig.kube.inject_failure(support::fake_kube::Failure {

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
 use aws_sdk_ec2::types::InstanceStateName;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use serde::Deserialize;
@@ -28,7 +29,8 @@ const PUBLIC_PATHS: &[&str] = &["/version", "/healthz", "/livez", "/readyz", "/a
 /// Drives tend through everything it does with the API: an EC2 Workspace whose user
 /// data comes from a Secret goes Online, is stopped and started, is healed after its
 /// instance is terminated behind tend's back, and is deleted; then container
-/// Workspaces go through the same life, with a lost node and both reclaim policies.
+/// Workspaces go through the same life, with a lost node and both reclaim policies;
+/// and an external one awaits its agent, loses its heartbeat and gets it back.
 async fn controller_requests() -> Vec<RecordedRequest> {
     let mut rig = Rig::new().await;
     // As deployed: tend watches every namespace.
@@ -128,6 +130,21 @@ async fn controller_requests() -> Vec<RecordedRequest> {
     rig.wait_phase("scratch", Phase::Online).await;
     rig.delete("scratch").await;
     rig.wait_gone("scratch").await;
+
+    // An external Workspace: awaits its agent, Online on the first heartbeat,
+    // Offline when the Lease goes, Online on renewal, deleted.
+    rig.create(&rig.external_workspace("laptop", 30)).await;
+    rig.wait_phase("laptop", Phase::AwaitingAgent).await;
+    let agent = rig.agent("laptop");
+    agent.beat().await;
+    rig.wait_phase("laptop", Phase::Online).await;
+    let leases: Api<Lease> = Api::namespaced(rig.kube.client(), NS);
+    leases.delete("laptop", &Default::default()).await.unwrap();
+    rig.wait_phase("laptop", Phase::Offline).await;
+    agent.beat().await;
+    rig.wait_phase("laptop", Phase::Online).await;
+    rig.delete("laptop").await;
+    rig.wait_gone("laptop").await;
     rig.crash_controller().await;
     rig.kube
         .requests()

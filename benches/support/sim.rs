@@ -464,6 +464,7 @@ fn targets(n: usize, launched_at: Timestamp) -> Vec<Target> {
                 location: REGION.into(),
                 volume_id: Some(volume_id(i)),
                 launched_at: Some(launched_at),
+                silence: None,
             },
             known_dead: false,
             uncertain_since: None,

@@ -58,6 +58,7 @@ use super::WorkspaceStatus;
     validation = Rule::new("has(self.external) == (self.runtime == 'external')").message("spec.external must be set when spec.runtime is external, and only then"),
     validation = Rule::new("self.desiredState != 'Hibernated' || self.runtime == 'ec2'").message("spec.desiredState Hibernated is only supported for runtime ec2"),
     validation = Rule::new("self.desiredState != 'Hibernated' || (has(self.ec2) && has(self.ec2.hibernation) && self.ec2.hibernation)").message("spec.desiredState Hibernated needs spec.ec2.hibernation: true"),
+    validation = Rule::new("self.runtime != 'external' || self.desiredState == 'Running'").message("spec.desiredState must be Running for runtime external: tend cannot stop an external machine"),
 )]
 pub struct WorkspaceSpec {
     /// Which backend runs the workspace. Immutable.
@@ -335,8 +336,11 @@ pub struct ContainerVolumeSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalSpec {
-    /// A heartbeat older than this means the machine is not running (default 90).
+    /// A heartbeat older than this means the machine is not running (default
+    /// 90, at least 10, at most a day). The agent's clock writes the
+    /// heartbeat and tend's reads it: keep both in sync.
     #[serde(default = "default_heartbeat_timeout")]
+    #[schemars(range(min = 10, max = 86400))]
     pub heartbeat_timeout_seconds: i64,
 }
 

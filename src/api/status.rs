@@ -68,21 +68,24 @@ pub struct WorkspaceStatus {
 
 impl WorkspaceStatus {
     /// The id of the backend recorded now, whatever the runtime: an EC2
-    /// instance id or a Pod's name.
+    /// instance id, a Pod's name, or an agent's heartbeat Lease. The
+    /// runtime's own field has the last word; `backend` mirrors it.
     pub fn backend_id(&self) -> Option<&str> {
-        self.instance_id.as_deref().or(self.pod_name.as_deref())
+        self.instance_id
+            .as_deref()
+            .or(self.pod_name.as_deref())
+            .or(self.backend.as_deref())
     }
 
     /// Records (or, with `None`, forgets) the backend of a runtime in the
     /// field `kubectl get ws` shows for it.
     pub fn set_backend_id(&mut self, runtime: super::Runtime, id: Option<String>) {
         match runtime {
-            super::Runtime::Ec2 => self.instance_id = id,
-            super::Runtime::Container => self.pod_name = id,
-            // Its heartbeat Lease is named after the Workspace: nothing to record.
+            super::Runtime::Ec2 => self.instance_id = id.clone(),
+            super::Runtime::Container => self.pod_name = id.clone(),
             super::Runtime::External => {}
         }
-        self.backend = self.backend_id().map(str::to_owned);
+        self.backend = id;
     }
 }
 

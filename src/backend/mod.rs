@@ -6,10 +6,12 @@
 //! through this interface and its registration in [`Backends`].
 
 mod error;
+mod kubernetes;
 mod owner;
 
 pub mod container;
 pub mod ec2;
+pub mod external;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +19,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
+use kube::runtime::reflector::ObjectRef;
 use tokio::time::Instant;
 
 pub use error::{BackendError, CallError, ErrorKind};
-pub use owner::Owner;
+pub use kubernetes::call_error;
+pub use owner::{LABEL_WORKSPACE, Owner};
 
 use crate::api::{Runtime, Workspace};
 use crate::core::Observation;
@@ -36,6 +40,9 @@ pub struct Probe {
     pub volume_id: Option<String>,
     /// When it was launched: right after a launch a not-found proves nothing.
     pub launched_at: Option<Timestamp>,
+    /// How long the backend may stay silent before its silence is the answer
+    /// (a heartbeat's timeout), for a backend that reports by itself.
+    pub silence: Option<Duration>,
 }
 
 /// What one answer says about one backend.
@@ -50,6 +57,9 @@ pub struct Sighting {
     /// A proven absence: asked about by its id, the backend said it does not
     /// exist. Ids are never reused, so this answer is settled.
     pub absent: bool,
+    /// A Running answer that turns by itself unless news comes (a heartbeat
+    /// holds only until its timeout): look again after this long.
+    pub holds_for: Option<Duration>,
 }
 
 impl Sighting {
@@ -62,8 +72,20 @@ impl Sighting {
             asked_at,
             zone: None,
             absent: false,
+            holds_for: None,
         }
     }
+}
+
+/// A change a backend's watch saw: a reason to look, never an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Something of the backend's changed in this location (a namespace, a
+    /// region): the sweeper looks at that location's Workspaces early.
+    At(String),
+    /// The backend of this Workspace changed: the reconciler looks at it
+    /// now (for a runtime the sweeper does not cover).
+    Of(ObjectRef<Workspace>),
 }
 
 /// Counters of one round of calls, for metrics and benchmarks.
@@ -148,14 +170,24 @@ pub trait Backend: Send + Sync + 'static {
         true
     }
 
+    /// Whether tend brings the backend up, and back after it dies. One that
+    /// comes up by itself (a machine with an agent) is awaited
+    /// (`AwaitingAgent`) and never restarted.
+    fn launches(&self) -> bool {
+        true
+    }
+
+    /// The note of the event that announces a recorded launch.
+    fn launched(&self, id: &str) -> String {
+        format!("launched {id}")
+    }
+
     /// What to ask about the backend that status records, if any.
     fn probe(&self, ws: &Workspace) -> Option<Probe>;
 
-    /// Where this backend's objects change, as they change: the `location`
-    /// of each (a namespace, a region), from a watch. The sweeper then looks
-    /// at that location's Workspaces at once instead of at its next tick; a
-    /// change is a reason to look, never an answer. `None`: nothing to watch.
-    fn changes(&self) -> Option<BoxStream<'static, String>> {
+    /// This backend's objects' changes, as a watch sees them. `None`:
+    /// nothing to watch.
+    fn changes(&self) -> Option<BoxStream<'static, Change>> {
         None
     }
 

@@ -2,6 +2,10 @@
 
 use crate::api::Workspace;
 
+/// The label naming the Workspace an object is for: on what tend creates
+/// for it, and on an agent's heartbeat Lease.
+pub const LABEL_WORKSPACE: &str = "tend.dev/workspace";
+
 /// The Workspace (and cluster) that owns a resource.
 #[derive(Debug, Clone, Copy)]
 pub struct Owner<'a> {

@@ -111,9 +111,9 @@ pub(super) async fn apply(
     let held = retry_handled.is_none()
         && phase == Phase::Failed
         && ready_reason(&old).is_some_and(|r| WAITS_FOR_HUMAN.contains(&r));
-    let plan = decide(&Facts {
+    let mut plan = decide(&Facts {
         desired: ws.spec.desired_state,
-        restart_policy: ws.spec.restart_policy,
+        restart_policy: restart_policy(ws, backend),
         phase,
         deleting: false,
         has_backend,
@@ -126,6 +126,11 @@ pub(super) async fn apply(
             .as_ref()
             .is_none_or(|r| elapsed(r.at.0, now).unwrap_or_default() >= restart::SETTLE),
     });
+    // What tend would provision, a backend that comes up by itself is
+    // awaited for.
+    if !backend.launches() && plan.phase == Phase::Provisioning {
+        plan.phase = Phase::AwaitingAgent;
+    }
     if let Err(illegal) = transition(phase, plan.phase) {
         // A bug in the decision table; refuse rather than write a lie.
         error!(workspace = %name, namespace = %ns, "{illegal}");
@@ -169,13 +174,17 @@ pub(super) async fn apply(
     }
     let mut requeue = match gate {
         RestartGate::Wait(wait) if plan.phase == Phase::Offline => {
-            wait.min(steady_requeue(ctx, plan.phase))
+            wait.min(steady_requeue(ctx, plan.phase, backend))
         }
-        _ => steady_requeue(ctx, plan.phase),
+        _ => steady_requeue(ctx, plan.phase, backend),
     };
     // Look again when the answers would turn stale, so the condition says
     // so on time.
     if let Some(left) = stale_in.filter(|left| !left.is_zero()) {
+        requeue = requeue.min(left + Duration::from_millis(50));
+    }
+    // And when a heartbeat's answer runs out.
+    if let Some(left) = look.as_ref().and_then(|l| l.holds_for) {
         requeue = requeue.min(left + Duration::from_millis(50));
     }
     match execute(ws, backend, &old, plan).await? {
@@ -186,7 +195,11 @@ pub(super) async fn apply(
         }
         Ok(Step::Wait(why)) => {
             outcome.detail = Some(why);
-            requeue = ctx.settings.progress_interval;
+            // A backend that comes up by itself announces it through its
+            // watch; tend need not keep asking.
+            if backend.launches() {
+                requeue = ctx.settings.progress_interval;
+            }
             ctx.succeeded(&uid);
         }
         Ok(Step::Done) => ctx.succeeded(&uid),
@@ -202,6 +215,16 @@ pub(super) async fn apply(
     Ok(Requeue::requeue(requeue))
 }
 
+/// The restart policy that applies: tend cannot bring back a backend it
+/// does not launch, whatever the spec says.
+pub(super) fn restart_policy(ws: &Workspace, backend: &dyn Backend) -> RestartPolicy {
+    if backend.launches() {
+        ws.spec.restart_policy
+    } else {
+        RestartPolicy::Never
+    }
+}
+
 pub(super) fn action_name(action: Action) -> &'static str {
     match action {
         Action::None => "Observe",
@@ -214,11 +237,14 @@ pub(super) fn action_name(action: Action) -> &'static str {
     }
 }
 
-fn steady_requeue(ctx: &Context, phase: Phase) -> Duration {
+fn steady_requeue(ctx: &Context, phase: Phase, backend: &dyn Backend) -> Duration {
     match phase {
         Phase::Online | Phase::Stopped | Phase::Hibernated | Phase::Failed => {
             ctx.settings.resync_interval
         }
+        // Nothing of tend's is under way for a backend that comes up by
+        // itself: its watch says when to look.
+        _ if !backend.launches() => ctx.settings.resync_interval,
         _ => ctx.settings.progress_interval,
     }
 }

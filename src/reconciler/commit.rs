@@ -41,6 +41,8 @@ pub(super) async fn commit(
         apply_record(&mut new, ws.spec.runtime, r);
         new.runtime = Some(ws.spec.runtime);
     }
+    // The Instance column, also for status written before it existed.
+    new.backend = new.backend_id().map(str::to_owned);
     if let Some(retry) = &outcome.retry_handled {
         new.handled_retry = Some(retry.clone());
         new.recent_restarts.clear();
@@ -71,7 +73,7 @@ pub(super) async fn commit(
         phase: outcome.phase,
         observation: outcome.observation.as_ref(),
         problem: outcome.problem.as_ref(),
-        heals: ws.spec.restart_policy == RestartPolicy::Always,
+        heals: backend.is_some_and(|b| restart_policy(ws, b) == RestartPolicy::Always),
         detail: outcome.detail.as_deref(),
         old: &old.conditions,
     });
@@ -92,7 +94,7 @@ pub(super) async fn commit(
             name: Some(id.to_owned()),
             ..Default::default()
         });
-    for mut event in events_for(old, &new, &outcome) {
+    for mut event in events_for(old, &new, &outcome, backend) {
         event.secondary = related.clone();
         publish(ctx, ws, event).await;
     }
@@ -144,6 +146,7 @@ pub(super) fn events_for(
     old: &WorkspaceStatus,
     new: &WorkspaceStatus,
     outcome: &Outcome,
+    backend: Option<&dyn Backend>,
 ) -> Vec<Event> {
     let mut events = Vec::new();
     let ready = new.conditions.iter().find(|c| c.type_ == condition::READY);
@@ -200,9 +203,11 @@ pub(super) fn events_for(
             },
             outcome.action,
         )),
-        Some(Record::Launched { id, .. }) => {
-            events.push(normal("Launched", format!("launched {id}"), outcome.action))
-        }
+        Some(Record::Launched { id, .. }) => events.push(normal(
+            "Launched",
+            backend.map_or_else(|| format!("launched {id}"), |b| b.launched(id)),
+            outcome.action,
+        )),
         _ => {}
     }
     events

@@ -17,6 +17,8 @@ pub(super) struct Look {
     pub await_sweep: bool,
     /// The new `tend.dev/refresh` value this look answered.
     pub refresh_handled: Option<String>,
+    /// A heartbeat's answer runs out after this long: look again then.
+    pub holds_for: Option<Duration>,
 }
 
 /// The sweeper's answer where it may be trusted; otherwise, or when
@@ -54,6 +56,7 @@ pub(super) async fn look(
             hold: entry.hold,
             await_sweep: false,
             refresh_handled: None,
+            holds_for: None,
         };
     }
     let seen = match backend.probe(ws) {
@@ -83,8 +86,10 @@ pub(super) async fn look(
         asked_at: seen.asked_at,
         last_clean_at: None,
         hold: judged.hold,
-        await_sweep: judged.await_sweep,
+        // No sweep covers this runtime: there is nothing to wait for.
+        await_sweep: judged.await_sweep && backend.swept(),
         refresh_handled: if forced { refresh.cloned() } else { None },
+        holds_for: seen.holds_for,
     }
 }
 
@@ -163,6 +168,7 @@ mod tests {
             hold,
             await_sweep: false,
             refresh_handled: None,
+            holds_for: None,
         }
     }
 

@@ -28,7 +28,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use apply::{Outcome, action_name, apply, ready_reason};
+use apply::{Outcome, action_name, apply, ready_reason, restart_policy};
 use cleanup::cleanup;
 use commit::commit;
 use conditions::Problem;

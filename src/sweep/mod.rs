@@ -25,7 +25,7 @@ pub use observe::observe_all;
 pub use snapshot::{Death, Entry, Snapshot};
 
 use crate::api::{Phase, RETRY_ANNOTATION, Runtime, Workspace};
-use crate::backend::{Backends, CallStats, Probe, Sighting};
+use crate::backend::{Backends, CallStats, Change, Probe, Sighting};
 use crate::core::{Hold, Observation, elapsed};
 use crate::metrics::Metrics;
 
@@ -220,6 +220,7 @@ pub fn assemble(
                     asked_at: now,
                     zone: gone.zone.clone(),
                     absent: true,
+                    holds_for: None,
                 },
                 (None, None) => Sighting::unknown("not asked", now),
             },
@@ -363,7 +364,7 @@ impl Sweeper {
         let mut changes = futures::stream::select_all(self.backends.iter().filter_map(|b| {
             let runtime = b.runtime();
             b.changes()
-                .map(|s| s.map(move |location| (runtime, location)).boxed())
+                .map(|s| s.map(move |change| (runtime, change)).boxed())
         }));
         let mut changed = Changed::default();
         let mut last_early: Option<tokio::time::Instant> = None;
@@ -378,8 +379,14 @@ impl Sweeper {
                     changed = Changed::default();
                     Scope::All
                 }
-                Some((runtime, location)) = changes.next() => {
-                    changed.note(runtime, location);
+                Some((runtime, change)) = changes.next() => {
+                    match change {
+                        Change::At(location) => changed.note(runtime, location),
+                        // Not the sweep's to look at: the reconciler looks itself.
+                        Change::Of(object) => {
+                            let _ = self.wake.unbounded_send(object);
+                        }
+                    }
                     continue;
                 }
                 _ = sleep_until(early_at), if early_at.is_some() => {

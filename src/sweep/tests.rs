@@ -56,6 +56,7 @@ impl Backend for Fixed {
             location: "us-east-1".into(),
             volume_id: status.volume_id.clone(),
             launched_at: None,
+            silence: None,
         })
     }
     async fn observe(&self, probes: &[Probe], _deadline: Instant) -> Observed {
@@ -76,6 +77,7 @@ impl Backend for Fixed {
                     asked_at: now,
                     zone: Some("us-east-1a".into()),
                     absent: false,
+                    holds_for: None,
                 })
                 .collect(),
             calls: CallStats::default(),
@@ -317,6 +319,7 @@ async fn a_proven_absence_is_settled_and_not_asked_about_again() {
             asked_at: now,
             zone: None,
             absent: true,
+            holds_for: None,
         },
     )]);
     let (first, _, _) = assemble(

@@ -1,7 +1,10 @@
 //! The fake API server runs no scheduler and no kubelet, so tests play both:
 //! they register Nodes, bind Pods to them and write what a kubelet would
-//! report about each Pod and its workspace container.
+//! report about each Pod and its workspace container. They also play the
+//! agent of an external machine, renewing its heartbeat Lease.
 
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -84,5 +87,62 @@ impl Kubelet {
             .patch_status(pod, &PatchParams::default(), &Patch::Merge(&status))
             .await
             .expect("patch pod status");
+    }
+}
+
+/// The agent of an external machine: it renews the Lease named after its
+/// Workspace, labelled so that tend's watch sees it.
+pub struct Agent {
+    client: kube::Client,
+    namespace: String,
+    name: String,
+}
+
+impl Agent {
+    pub fn new(client: kube::Client, namespace: &str, workspace: &str) -> Agent {
+        Agent {
+            client,
+            namespace: namespace.to_owned(),
+            name: workspace.to_owned(),
+        }
+    }
+
+    fn leases(&self) -> Api<Lease> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// A heartbeat now.
+    pub async fn beat(&self) {
+        self.beat_at(Timestamp::now()).await;
+    }
+
+    /// A heartbeat written as if at `at` (what a machine whose last renewal
+    /// was then, or whose clock is off, leaves behind).
+    pub async fn beat_at(&self, at: Timestamp) {
+        let renewed = at.to_string();
+        let renewal = self
+            .leases()
+            .patch(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"renewTime": renewed}})),
+            )
+            .await;
+        match renewal {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                let lease: Lease = serde_json::from_value(json!({
+                    "metadata": {"name": self.name, "labels": {"tend.dev/workspace": self.name}},
+                    "spec": {"holderIdentity": format!("{}-machine", self.name),
+                        "leaseDurationSeconds": 30, "renewTime": renewed},
+                }))
+                .unwrap();
+                self.leases()
+                    .create(&PostParams::default(), &lease)
+                    .await
+                    .expect("create lease");
+            }
+            Err(e) => panic!("renew lease: {e}"),
+        }
     }
 }

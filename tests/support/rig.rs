@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::fake_kube::{FakeApiServer, FakeConfig};
 use super::faults::FaultProxy;
-use super::kubelet::Kubelet;
+use super::kubelet::{Agent, Kubelet};
 use super::moto::Moto;
 
 pub const NS: &str = "default";
@@ -211,6 +211,25 @@ impl Rig {
             }
         }))
         .expect("workspace json")
+    }
+
+    /// A valid external Workspace whose heartbeat times out after `timeout` seconds.
+    pub fn external_workspace(&self, name: &str, timeout: i64) -> Workspace {
+        serde_json::from_value(json!({
+            "apiVersion": "tend.dev/v1alpha1",
+            "kind": "Workspace",
+            "metadata": { "name": name, "namespace": NS },
+            "spec": {
+                "runtime": "external",
+                "external": { "heartbeatTimeoutSeconds": timeout }
+            }
+        }))
+        .expect("workspace json")
+    }
+
+    /// An external machine's agent: renews the Lease named after the Workspace.
+    pub fn agent(&self, workspace: &str) -> Agent {
+        Agent::new(self.kube.client(), NS, workspace)
     }
 
     /// Scheduler and kubelet for the rig's namespace.

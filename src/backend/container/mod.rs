@@ -7,7 +7,6 @@
 //! dead one is replaced by a new Pod on the same claim, with the backoff and
 //! crash-loop rules every runtime shares.
 
-mod errors;
 mod objects;
 mod observe;
 mod state;
@@ -24,14 +23,15 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::time::Instant;
 
-pub use errors::call_error;
 pub use objects::{LABEL_LAUNCH, LABEL_NAME, LABEL_UID, claim_name, pod_name};
 pub use state::{classify_pod, node_doubt};
 
 use crate::api::{ContainerSpec, ReclaimPolicy, Runtime, Workspace, WorkspaceStatus};
-use crate::backend::{Backend, BackendError, ErrorKind, Observed, Owner, Probe, Record, Step};
+use crate::backend::kubernetes::bounded;
+use crate::backend::{
+    Backend, BackendError, Change, ErrorKind, Observed, Owner, Probe, Record, Step,
+};
 use crate::core::Observation;
-use errors::bounded;
 
 /// How the container backend is set up.
 #[derive(Debug, Clone)]
@@ -328,10 +328,11 @@ impl Backend for ContainerBackend {
             location: ws.namespace()?,
             volume_id: status.volume_id.clone(),
             launched_at: status.launched_at.as_ref().map(|t| t.0),
+            silence: None,
         })
     }
 
-    fn changes(&self) -> Option<BoxStream<'static, String>> {
+    fn changes(&self) -> Option<BoxStream<'static, Change>> {
         Some(self.pod_changes())
     }
 

@@ -17,7 +17,7 @@ use crate::backend::{BackendError, Owner};
 /// The label every object tend creates for a Workspace carries: its uid.
 pub const LABEL_UID: &str = "tend.dev/workspace-uid";
 /// The Workspace's name, for people (omitted when too long for a label).
-pub const LABEL_NAME: &str = "tend.dev/workspace";
+pub const LABEL_NAME: &str = crate::backend::LABEL_WORKSPACE;
 /// The launch number a Pod was created for.
 pub const LABEL_LAUNCH: &str = "tend.dev/launch";
 /// The container that runs the workspace.

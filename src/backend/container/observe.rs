@@ -11,9 +11,9 @@ use kube::api::{Api, ListParams};
 use tokio::time::Instant;
 
 use super::ContainerBackend;
-use super::errors::bounded;
 use super::objects::LABEL_UID;
 use super::state::{classify_pod, node_doubt};
+use crate::backend::kubernetes::bounded;
 use crate::backend::{CallStats, ErrorKind, Observed, Probe, Sighting};
 use crate::core::{Halt, Observation, elapsed};
 
@@ -203,6 +203,7 @@ impl ContainerBackend {
                         asked_at,
                         zone: node,
                         absent: false,
+                        holds_for: None,
                     },
                 }
             }
@@ -229,6 +230,7 @@ impl ContainerBackend {
                         asked_at,
                         zone: None,
                         absent: true,
+                        holds_for: None,
                     },
                 }
             }

@@ -12,13 +12,14 @@ use tracing::debug;
 
 use super::ContainerBackend;
 use super::objects::LABEL_UID;
+use crate::backend::Change;
 
 impl ContainerBackend {
     /// The namespace of every Pod of tend's that changes. The watch's
     /// initial listing is no change; a watch that fails is retried with
     /// backoff, and its re-listing names each namespace again, so nothing
     /// that changed while it was down is missed.
-    pub(super) fn pod_changes(&self) -> BoxStream<'static, String> {
+    pub(super) fn pod_changes(&self) -> BoxStream<'static, Change> {
         let api: Api<Pod> = match &self.settings.namespace {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
             None => Api::all(self.client.clone()),
@@ -41,7 +42,7 @@ impl ContainerBackend {
                         None
                     }
                 };
-                future::ready(changed)
+                future::ready(changed.map(Change::At))
             })
             .boxed()
     }

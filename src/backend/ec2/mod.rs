@@ -137,6 +137,7 @@ impl Backend for Ec2Backend {
                 .to_owned(),
             volume_id: status.volume_id.clone(),
             launched_at: status.launched_at.as_ref().map(|t| t.0),
+            silence: None,
         })
     }
 

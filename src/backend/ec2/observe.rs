@@ -53,6 +53,7 @@ pub fn sighting(
                 .and_then(|p| p.availability_zone())
                 .map(str::to_owned),
             absent: false,
+            holds_for: None,
         },
         Reply::NotFound => {
             // Measured when the question was asked: EC2 is eventually
@@ -67,6 +68,7 @@ pub fn sighting(
                 asked_at,
                 zone: None,
                 absent,
+                holds_for: None,
             }
         }
         Reply::Failed(error) => Sighting::unknown(error.clone(), asked_at),

@@ -1,6 +1,8 @@
-//! Kubernetes API errors, classified once into the kinds every backend uses.
+//! Calls to the Kubernetes API on a backend's behalf (Pods, claims,
+//! Leases): each bounded by a timeout, its errors classified once into the
+//! kinds every backend uses.
 
-use crate::backend::{CallError, ErrorKind};
+use super::{CallError, ErrorKind};
 
 /// Classifies a failed Kubernetes API call.
 pub fn call_error(operation: &'static str, err: kube::Error) -> CallError {
