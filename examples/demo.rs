@@ -1,12 +1,17 @@
 //! `make demo`: runs the real `tend run` binary against a sandbox Kubernetes API
-//! server and moto, applies `examples/workspace-ec2.yaml`, and prints the
-//! Workspace's timeline as it comes online, dies behind tend's back and is
-//! healed on the same volume, stops, starts and is deleted.
+//! server and moto, and prints one Workspace of each runtime through its life:
+//! `examples/workspace-ec2.yaml` comes online, dies behind tend's back and is
+//! healed on the same volume, stops, starts and is deleted;
+//! `examples/workspace-container.yaml` comes online, its Pod is killed and
+//! replaced on the same claim; `examples/workspace-external.yaml` awaits its
+//! agent, loses its heartbeat and gets it back.
 //! No cluster and no AWS account needed.
 
 #[path = "../tests/support/fake_kube.rs"]
 #[allow(dead_code)]
 mod fake_kube;
+#[path = "../tests/support/kubelet.rs"]
+mod kubelet;
 #[path = "../tests/support/moto.rs"]
 mod moto;
 #[path = "../tests/support/paths.rs"]
@@ -20,7 +25,10 @@ use serde_json::{Value, json};
 use tend::api::{Phase, Workspace};
 
 const NAME: &str = "alice-dev";
+const BOX: &str = "bob-box";
+const LAPTOP: &str = "carol-laptop";
 const NS: &str = "default";
+const NODE: &str = "demo-node";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -82,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     api.create(&PostParams::default(), &ws).await?;
 
-    let mut timeline = Timeline::default();
+    let mut timeline = Timeline::new(NAME);
     timeline
         .until(&kube, &say, |p| p == Some(Phase::Online))
         .await?;
@@ -130,6 +138,18 @@ async fn main() -> anyhow::Result<()> {
     timeline.until(&kube, &say, |_| false).await?;
 
     let ec2 = moto.ec2();
+    report_ec2(&ec2, &say).await?;
+
+    container(&kube, &say).await?;
+    external(&kube, &say).await?;
+
+    tend.start_kill()?;
+    let _ = tend.wait().await;
+    say("done");
+    Ok(())
+}
+
+async fn report_ec2(ec2: &aws_sdk_ec2::Client, say: &impl Fn(&str)) -> anyhow::Result<()> {
     let instances = ec2.describe_instances().send().await?;
     for i in instances.reservations().iter().flat_map(|r| r.instances()) {
         say(&format!(
@@ -148,9 +168,120 @@ async fn main() -> anyhow::Result<()> {
             v.state().map(|s| s.as_str()).unwrap_or("?")
         ));
     }
-    tend.start_kill()?;
-    let _ = tend.wait().await;
-    say("done");
+    Ok(())
+}
+
+/// A container Workspace: its Pod is killed and replaced on the same claim.
+/// The sandbox has no scheduler and no kubelet, so the demo plays both.
+async fn container(kube: &fake_kube::FakeApiServer, say: &impl Fn(&str)) -> anyhow::Result<()> {
+    let kubelet = kubelet::Kubelet::new(kube.client(), NS);
+    kubelet.node(NODE, "True").await;
+    let ws: Workspace = serde_yaml::from_str(&std::fs::read_to_string(paths::project_path(
+        "examples/workspace-container.yaml",
+    ))?)?;
+    let api: Api<Workspace> = Api::namespaced(kube.client(), NS);
+    say("kubectl apply -f examples/workspace-container.yaml");
+    api.create(&PostParams::default(), &ws).await?;
+    let mut timeline = Timeline::new(BOX);
+    for (pod, last) in [(format!("{BOX}-1"), false), (format!("{BOX}-2"), true)] {
+        timeline
+            .until(kube, say, |p| {
+                p == Some(Phase::Provisioning) || p == Some(Phase::Restarting)
+            })
+            .await?;
+        wait_for_pod(kube, &pod).await?;
+        say(&format!(
+            "kubelet: {pod} is scheduled on {NODE} and its container runs"
+        ));
+        kubelet.run(&pod, NODE).await;
+        timeline
+            .until(kube, say, |p| p == Some(Phase::Online))
+            .await?;
+        if last {
+            break;
+        }
+        say(&format!(
+            "kubelet: {pod}'s container is OOMKilled (exit code 137)"
+        ));
+        kubelet.fail(&pod, 137, "OOMKilled").await;
+        timeline
+            .until(kube, say, |p| p != Some(Phase::Online))
+            .await?;
+    }
+    say(&format!("kubectl delete ws {BOX}"));
+    api.delete(BOX, &DeleteParams::default()).await?;
+    timeline.until(kube, say, |_| false).await?;
+    let claim = format!("{BOX}-data");
+    match kube.get_object(&format!(
+        "/api/v1/namespaces/{NS}/persistentvolumeclaims/{claim}"
+    )) {
+        Some(_) => say(&format!(
+            "claim {claim} is kept (reclaimPolicy Retain), no longer owned by the Workspace"
+        )),
+        None => say(&format!("claim {claim} is gone")),
+    }
+    Ok(())
+}
+
+/// An external Workspace: it awaits its agent, loses the heartbeat when the
+/// agent stops and gets it back when the agent resumes.
+async fn external(kube: &fake_kube::FakeApiServer, say: &impl Fn(&str)) -> anyhow::Result<()> {
+    let mut ws: Workspace = serde_yaml::from_str(&std::fs::read_to_string(paths::project_path(
+        "examples/workspace-external.yaml",
+    ))?)?;
+    if let Some(external) = ws.spec.external.as_mut() {
+        external.heartbeat_timeout_seconds = 10;
+    }
+    let api: Api<Workspace> = Api::namespaced(kube.client(), NS);
+    say(
+        "kubectl apply -f examples/workspace-external.yaml  (heartbeatTimeoutSeconds 10, for the demo)",
+    );
+    api.create(&PostParams::default(), &ws).await?;
+    let mut timeline = Timeline::new(LAPTOP);
+    timeline
+        .until(kube, say, |p| p == Some(Phase::AwaitingAgent))
+        .await?;
+
+    let beating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let agent = kubelet::Agent::new(kube.client(), NS, LAPTOP);
+    let on = beating.clone();
+    let heart = tokio::spawn(async move {
+        loop {
+            if on.load(std::sync::atomic::Ordering::Relaxed) {
+                agent.beat().await;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+    say(&format!("the agent on {LAPTOP} renews its Lease every 2s"));
+    timeline
+        .until(kube, say, |p| p == Some(Phase::Online))
+        .await?;
+    say("the laptop goes to sleep: no more heartbeats");
+    beating.store(false, std::sync::atomic::Ordering::Relaxed);
+    timeline
+        .until(kube, say, |p| p == Some(Phase::Offline))
+        .await?;
+    say("the laptop wakes up: the agent renews again");
+    beating.store(true, std::sync::atomic::Ordering::Relaxed);
+    timeline
+        .until(kube, say, |p| p == Some(Phase::Online))
+        .await?;
+    heart.abort();
+    say(&format!("kubectl delete ws {LAPTOP}"));
+    api.delete(LAPTOP, &DeleteParams::default()).await?;
+    timeline.until(kube, say, |_| false).await?;
+    Ok(())
+}
+
+/// Waits until tend has created the Pod.
+async fn wait_for_pod(kube: &fake_kube::FakeApiServer, pod: &str) -> anyhow::Result<()> {
+    let path = format!("/api/v1/namespaces/{NS}/pods/{pod}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while kube.get_object(&path).is_none() {
+        anyhow::ensure!(Instant::now() < deadline, "no Pod {pod}; see the tend log");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }
 
@@ -168,14 +299,23 @@ async fn patch(api: &Api<Workspace>, spec: Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints each change of phase, Ready condition and each new event.
-#[derive(Default)]
+/// Prints each change of one Workspace's phase and Ready condition, and each
+/// new event about it.
 struct Timeline {
+    name: &'static str,
     last: Option<String>,
     events_seen: std::collections::HashMap<String, u64>,
 }
 
 impl Timeline {
+    fn new(name: &'static str) -> Self {
+        Timeline {
+            name,
+            last: None,
+            events_seen: Default::default(),
+        }
+    }
+
     /// Follows the Workspace until `done(phase)` holds, or it is gone.
     async fn until(
         &mut self,
@@ -183,27 +323,34 @@ impl Timeline {
         say: &impl Fn(&str),
         done: impl Fn(Option<Phase>) -> bool,
     ) -> anyhow::Result<()> {
-        let path = format!("/apis/tend.dev/v1alpha1/namespaces/{NS}/workspaces/{NAME}");
+        let path = format!(
+            "/apis/tend.dev/v1alpha1/namespaces/{NS}/workspaces/{}",
+            self.name
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let object = kube.get_object(&path);
             self.print_events(kube, say);
             let Some(object) = object else {
-                say("workspace alice-dev is gone (finalizer released)");
+                say(&format!(
+                    "workspace {} is gone (finalizer released)",
+                    self.name
+                ));
                 return Ok(());
             };
             let ws: Workspace = serde_json::from_value(object)?;
             let status = ws.status.clone().unwrap_or_default();
             let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
             let line = format!(
-                "{:<13} Ready={:<7} {:<22} instance={:<20} volume={}",
+                "{:<13} {:<13} Ready={:<7} {:<22} instance={:<20} volume={}",
+                self.name,
                 status
                     .phase
                     .map(|p| p.to_string())
                     .unwrap_or_else(|| "-".into()),
                 ready.map(|c| c.status.as_str()).unwrap_or("-"),
                 ready.map(|c| c.reason.as_str()).unwrap_or("-"),
-                status.instance_id.as_deref().unwrap_or("-"),
+                status.backend_id().unwrap_or("-"),
                 status.volume_id.as_deref().unwrap_or("-"),
             );
             if self.last.as_deref() != Some(&line) {
@@ -228,7 +375,10 @@ impl Timeline {
                 .as_str()
                 .and_then(|v| v.parse::<u64>().ok())
         });
-        for e in events {
+        for e in events
+            .into_iter()
+            .filter(|e| e["regarding"]["name"] == self.name)
+        {
             let name = e["metadata"]["name"]
                 .as_str()
                 .unwrap_or_default()

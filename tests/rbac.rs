@@ -1,7 +1,9 @@
 //! The RBAC in `deploy/` is exactly what tend uses. tend runs as deployed (every
 //! namespace) through each way it touches the API; then every request it made must be
 //! allowed by the roles `kubectl kustomize deploy/` renders, bound to its ServiceAccount,
-//! and every permission those roles grant must have been used.
+//! and every permission those roles grant must have been used. The same holds for the
+//! example external agent (`examples/external-agent.sh`) and the Role its manifest
+//! grants it.
 
 mod support;
 
@@ -206,16 +208,17 @@ impl Grant {
     }
 }
 
-/// Whether a binding subject is tend's ServiceAccount (directly, or through a group it is in).
-fn names_tend(subject: &Value) -> bool {
-    let (namespace, account) = CONTROLLER_USER
+/// Whether a binding subject is this ServiceAccount user (directly, or through a
+/// group it is in).
+fn names(subject: &Value, user: &str) -> bool {
+    let (namespace, account) = user
         .strip_prefix("system:serviceaccount:")
         .and_then(|rest| rest.split_once(':'))
-        .expect("the controller runs as a ServiceAccount");
+        .expect("a ServiceAccount user");
     let name = subject["name"].as_str().unwrap_or_default();
     match subject["kind"].as_str() {
         Some("ServiceAccount") => name == account && subject["namespace"] == namespace,
-        Some("User") => name == CONTROLLER_USER,
+        Some("User") => name == user,
         Some("Group") => [
             "system:authenticated".to_string(),
             "system:serviceaccounts".into(),
@@ -226,8 +229,8 @@ fn names_tend(subject: &Value) -> bool {
     }
 }
 
-/// Every rule `kubectl kustomize deploy/` binds to tend's ServiceAccount.
-fn grants() -> Vec<Grant> {
+/// What `kubectl kustomize deploy/` renders.
+fn rendered_deploy() -> Vec<Value> {
     let rendered = Command::new("kubectl")
         .args(["kustomize", "deploy/"])
         .current_dir(support::paths::project_path(""))
@@ -238,15 +241,22 @@ fn grants() -> Vec<Grant> {
         "kubectl kustomize deploy/ failed: {}",
         String::from_utf8_lossy(&rendered.stderr)
     );
-    let text = String::from_utf8(rendered.stdout).unwrap();
-    let objects: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
-        .collect();
+    documents(&String::from_utf8(rendered.stdout).unwrap())
+}
+
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).expect("the YAML parses"))
+        .collect()
+}
+
+/// Every rule these objects bind to `user`.
+fn grants_to(objects: &[Value], user: &str) -> Vec<Grant> {
     let rules =
         |o: &Value| -> Vec<Rule> { serde_json::from_value(o["rules"].clone()).unwrap_or_default() };
     let mut cluster_roles = BTreeMap::new();
     let mut roles = BTreeMap::new();
-    for o in &objects {
+    for o in objects {
         let name = o["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -266,13 +276,13 @@ fn grants() -> Vec<Grant> {
         }
     }
     let mut grants = Vec::new();
-    for binding in &objects {
+    for binding in objects {
         let kind = binding["kind"].as_str().unwrap_or_default();
         if !matches!(kind, "ClusterRoleBinding" | "RoleBinding") {
             continue;
         }
         let subjects = binding["subjects"].as_array().cloned().unwrap_or_default();
-        if !subjects.iter().any(names_tend) {
+        if !subjects.iter().any(|s| names(s, user)) {
             continue;
         }
         let namespace = (kind == "RoleBinding").then(|| {
@@ -329,13 +339,87 @@ fn permission(r: &RecordedRequest) -> String {
 
 #[tokio::test]
 async fn deploy_rbac_allows_what_tend_does_and_nothing_more() {
-    let grants = grants();
+    let grants = grants_to(&rendered_deploy(), CONTROLLER_USER);
     let requests = controller_requests().await;
     assert!(
         requests.iter().any(|r| r.verb == "watch"),
         "the controller's requests were recorded"
     );
+    exactly("deploy/", &grants, &requests, KEPT_UNUSED);
+}
 
+/// Who the example agent runs as: the ServiceAccount its manifest creates.
+const AGENT_USER: &str = "system:serviceaccount:default:carol-laptop-agent";
+
+#[tokio::test]
+async fn the_example_agent_is_allowed_what_it_does_and_nothing_more() {
+    let rig = Rig::start().await;
+    rig.create(&rig.external_workspace("carol-laptop", 30))
+        .await;
+    rig.wait_phase("carol-laptop", Phase::AwaitingAgent).await;
+    // The fake API server runs on this test's runtime: the agent must not block it.
+    let beat = || async {
+        tokio::process::Command::new(support::paths::project_path("examples/external-agent.sh"))
+            .args(["carol-laptop", NS])
+            .env("TEND_API", rig.kube.url())
+            .env("TEND_TOKEN", AGENT_USER)
+            .env("TEND_HOLDER", "carol-laptop.local")
+            .env("TEND_ONCE", "1")
+            .output()
+            .await
+            .expect("the agent runs")
+    };
+    // The first heartbeat creates the Lease; the next one renews it.
+    let first = beat().await;
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let online = rig.wait_phase("carol-laptop", Phase::Online).await;
+    assert_eq!(
+        online.status.unwrap().backend.as_deref(),
+        Some("carol-laptop")
+    );
+    let lease = rig
+        .kube
+        .get_object("/apis/coordination.k8s.io/v1/namespaces/default/leases/carol-laptop")
+        .expect("the agent created its Lease");
+    assert_eq!(
+        lease["metadata"]["labels"]["tend.dev/workspace"],
+        "carol-laptop"
+    );
+    assert_eq!(lease["spec"]["holderIdentity"], "carol-laptop.local");
+    // Renewing is a patch of the same Lease, answered 2xx (or the agent fails).
+    let renewed = beat().await;
+    assert!(
+        renewed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&renewed.stderr)
+    );
+
+    let manifest =
+        std::fs::read_to_string(support::paths::project_path("examples/external-agent.yaml"))
+            .unwrap();
+    let grants = grants_to(&documents(&manifest), AGENT_USER);
+    let requests: Vec<RecordedRequest> = rig
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.user.as_deref() == Some(AGENT_USER))
+        .collect();
+    assert_eq!(requests.len(), 3, "patch (not found), create, patch");
+    exactly("examples/external-agent.yaml", &grants, &requests, &[]);
+}
+
+/// Every request is allowed by `grants`, and every permission they grant
+/// was used (or is kept, with the reason).
+fn exactly(
+    source: &str,
+    grants: &[Grant],
+    requests: &[RecordedRequest],
+    kept_unused: &[(&str, &str, &str, &str)],
+) {
     let denied: BTreeSet<String> = requests
         .iter()
         .filter(|r| {
@@ -346,19 +430,19 @@ async fn deploy_rbac_allows_what_tend_does_and_nothing_more() {
         .collect();
     assert!(
         denied.is_empty(),
-        "deploy/ does not let tend do what it does:\n{}",
+        "{source} does not allow what is done:\n{}",
         denied.into_iter().collect::<Vec<_>>().join("\n")
     );
 
     let mut unused = BTreeSet::new();
-    for grant in &grants {
+    for grant in grants {
         let rule = &grant.rule;
         let wildcard = [&rule.api_groups, &rule.resources, &rule.verbs]
             .iter()
             .any(|list| list.iter().any(|x| x.contains('*')));
         assert!(
             !wildcard,
-            "{}: wildcards grant more than tend uses: {rule:?}",
+            "{}: wildcards grant more than is used: {rule:?}",
             grant.source
         );
         for group in &rule.api_groups {
@@ -377,7 +461,7 @@ async fn deploy_rbac_allows_what_tend_does_and_nothing_more() {
                                     && (namespace.is_none() || *namespace == t.namespace)
                             })
                     });
-                    let kept = KEPT_UNUSED
+                    let kept = kept_unused
                         .iter()
                         .any(|(g, res, v, _)| g == group && res == resource && v == verb);
                     if !used && !kept {
@@ -387,7 +471,7 @@ async fn deploy_rbac_allows_what_tend_does_and_nothing_more() {
             }
         }
     }
-    for (group, resource, verb, why) in KEPT_UNUSED {
+    for (group, resource, verb, why) in kept_unused {
         let granted = grants.iter().any(|g| {
             [
                 (&g.rule.api_groups, group),
@@ -399,12 +483,12 @@ async fn deploy_rbac_allows_what_tend_does_and_nothing_more() {
         });
         assert!(
             granted,
-            "KEPT_UNUSED keeps {verb} {group}/{resource} ({why}), which deploy/ no longer grants"
+            "the kept list keeps {verb} {group}/{resource} ({why}), which {source} no longer grants"
         );
     }
     assert!(
         unused.is_empty(),
-        "deploy/ grants what tend never uses (remove it, or keep it in KEPT_UNUSED with the reason):\n{}",
+        "{source} grants what is never used (remove it, or keep it with the reason):\n{}",
         unused.into_iter().collect::<Vec<_>>().join("\n")
     );
 }
