@@ -152,8 +152,7 @@ mod tests {
         assert!(old.validate_cel_update(&old).is_ok());
     }
 
-    #[test]
-    fn hibernation_is_ec2_only() {
+    fn container_workspace() -> Workspace {
         let mut ws = ec2_workspace();
         ws.spec.runtime = Runtime::Container;
         ws.spec.ec2 = None;
@@ -165,6 +164,12 @@ mod tests {
             resources: None,
             volume: None,
         });
+        ws
+    }
+
+    #[test]
+    fn hibernation_is_ec2_only() {
+        let mut ws = container_workspace();
         ws.spec.desired_state = crate::api::DesiredState::Hibernated;
         let err = validate(&ws).unwrap_err();
         assert!(err.message.contains("Hibernated"), "{err}");
@@ -206,17 +211,7 @@ mod tests {
 
     #[test]
     fn a_container_with_only_its_claim_recorded_is_still_a_container() {
-        let mut ws = ec2_workspace();
-        ws.spec.runtime = Runtime::Container;
-        ws.spec.ec2 = None;
-        ws.spec.container = Some(crate::api::ContainerSpec {
-            image: "busybox".into(),
-            command: vec![],
-            args: vec![],
-            env: vec![],
-            resources: None,
-            volume: None,
-        });
+        let mut ws = container_workspace();
         ws.status = Some(WorkspaceStatus {
             runtime: Some(Runtime::Container),
             volume_id: Some("dev-data".into()),

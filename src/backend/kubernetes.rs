@@ -2,6 +2,15 @@
 //! Leases): each bounded by a timeout, its errors classified once into the
 //! kinds every backend uses.
 
+use futures::stream::BoxStream;
+use futures::{StreamExt, future};
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use serde::de::DeserializeOwned;
+use tracing::debug;
+
 use super::{CallError, ErrorKind};
 
 /// Classifies a failed Kubernetes API call.
@@ -46,4 +55,34 @@ pub async fn bounded<T>(
             message: format!("timed out after {timeout:?}"),
         }),
     }
+}
+
+/// The objects a watch sees change: created, changed or deleted. The
+/// watch's first listing is no change; a watch that fails is retried with
+/// backoff, and its listing again yields every object, so nothing that
+/// changed while it was down is missed.
+pub fn changed<K>(api: Api<K>, config: watcher::Config, what: &'static str) -> BoxStream<'static, K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let mut listing_again = false;
+    watcher::watcher(api, config)
+        .default_backoff()
+        .filter_map(move |event| {
+            let changed = match event {
+                Ok(Event::Apply(object) | Event::Delete(object)) => Some(object),
+                Ok(Event::InitApply(object)) if listing_again => Some(object),
+                Ok(Event::Init | Event::InitApply(_)) => None,
+                Ok(Event::InitDone) => {
+                    listing_again = true;
+                    None
+                }
+                Err(e) => {
+                    debug!(error = %e, "watching {what} failed; retrying");
+                    None
+                }
+            };
+            future::ready(changed)
+        })
+        .boxed()
 }

@@ -118,6 +118,22 @@ pub struct Observed {
     pub calls: CallStats,
 }
 
+impl Observed {
+    /// A look at `probes` that ran out of time as a whole: Unknown for each.
+    pub fn out_of_time(probes: &[Probe], started: Timestamp) -> Self {
+        Observed {
+            sightings: probes
+                .iter()
+                .map(|_| Sighting::unknown("no answer within the deadline", started))
+                .collect(),
+            calls: CallStats {
+                timed_out: 1,
+                ..CallStats::default()
+            },
+        }
+    }
+}
+
 /// Where a launch or teardown stands after one step.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {

@@ -43,16 +43,7 @@ impl ContainerBackend {
                     .collect(),
                 calls,
             },
-            Err(_) => Observed {
-                sightings: probes
-                    .iter()
-                    .map(|_| Sighting::unknown("no answer within the deadline", started))
-                    .collect(),
-                calls: CallStats {
-                    timed_out: 1,
-                    ..CallStats::default()
-                },
-            },
+            Err(_) => Observed::out_of_time(probes, started),
         }
     }
 

@@ -166,16 +166,7 @@ impl Backend for ExternalBackend {
                     calls,
                 }
             }
-            Err(_) => Observed {
-                sightings: probes
-                    .iter()
-                    .map(|_| Sighting::unknown("no answer within the deadline", started))
-                    .collect(),
-                calls: CallStats {
-                    timed_out: 1,
-                    ..CallStats::default()
-                },
-            },
+            Err(_) => Observed::out_of_time(probes, started),
         }
     }
 
