@@ -359,3 +359,78 @@ async fn a_proven_absence_is_settled_and_not_asked_about_again() {
     assert_eq!(entry.observed_at, later);
     assert!(woken.is_empty(), "nothing changed");
 }
+
+#[test]
+fn an_early_sweep_covers_only_where_things_changed_and_keeps_the_sweep_number() {
+    let mut targets: Vec<Target> = (0..4)
+        .map(|i| {
+            target(
+                &workspace(&format!("w{i}"), "Online", "ec2", false),
+                &backends(),
+            )
+            .unwrap()
+        })
+        .collect();
+    targets[0].probe.location = "eu-west-1".into();
+    let scope = Scope::Changed(HashMap::from([(
+        Runtime::Ec2,
+        BTreeSet::from(["eu-west-1".to_owned()]),
+    )]));
+    let covered: Vec<&str> = targets
+        .iter()
+        .filter(|t| scope.covers(t))
+        .map(|t| t.object.name.as_str())
+        .collect();
+    assert_eq!(covered, vec!["w0"]);
+    let other_runtime = Scope::Changed(HashMap::from([(
+        Runtime::Container,
+        BTreeSet::from(["eu-west-1".to_owned()]),
+    )]));
+    assert!(!other_runtime.covers(&targets[0]));
+
+    let now = Timestamp::now();
+    let running = |ts: &[Target]| -> HashMap<String, Sighting> {
+        ts.iter()
+            .map(|t| (t.uid.clone(), Sighting::unknown("", now)))
+            .map(|(uid, s)| {
+                (
+                    uid,
+                    Sighting {
+                        observation: Observation::Running,
+                        ..s
+                    },
+                )
+            })
+            .collect()
+    };
+    let (first, _, _) = assemble(
+        &Snapshot::default(),
+        &targets,
+        &targets,
+        &running(&targets),
+        now,
+        &Scope::All,
+        &settings(),
+    );
+    assert_eq!(first.sweep, 1);
+    let dead = Observation::not_running(Halt::Gone, "InstanceTerminated", "gone");
+    let mut answers = running(&targets[..1]);
+    answers.get_mut(&targets[0].uid).unwrap().observation = dead.clone();
+    let (early, woken, _) = assemble(
+        &first,
+        &targets,
+        &targets[..1],
+        &answers,
+        now,
+        &scope,
+        &settings(),
+    );
+    assert_eq!(early.sweep, 1, "an early sweep is no sweep of the interval");
+    assert_eq!(woken.len(), 1);
+    assert_eq!(early.get(&targets[0].uid).unwrap().observation, dead);
+    for t in &targets[1..] {
+        assert_eq!(early.get(&t.uid), first.get(&t.uid), "kept as it was");
+    }
+    assert_eq!(early.deaths.len(), 1);
+    assert_eq!(early.deaths[0].sweep, 1);
+}
