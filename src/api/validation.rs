@@ -24,6 +24,7 @@ impl std::fmt::Display for SpecViolation {
 /// immutable fields against what status recorded when it was provisioned.
 pub fn validate(ws: &Workspace) -> Result<(), SpecViolation> {
     check_recorded(ws)?;
+    check_names(ws)?;
     let Err(errors) = ws.validate_cel() else {
         return Ok(());
     };
@@ -41,6 +42,26 @@ pub fn validate(ws: &Workspace) -> Result<(), SpecViolation> {
     Err(SpecViolation {
         message: messages.join("; "),
     })
+}
+
+/// The longest name of a container Workspace: its Pods are named
+/// `<name>-<launch number>` (up to 10 digits), and an object name holds at
+/// most 253 characters.
+pub const MAX_CONTAINER_NAME: usize = 253 - 11;
+
+/// Names the objects tend creates must be able to carry.
+fn check_names(ws: &Workspace) -> Result<(), SpecViolation> {
+    let name = ws.metadata.name.as_deref().unwrap_or_default();
+    if ws.spec.runtime == Runtime::Container && name.len() > MAX_CONTAINER_NAME {
+        return Err(SpecViolation {
+            message: format!(
+                "metadata.name is {} characters; a container Workspace's name may have at most \
+                 {MAX_CONTAINER_NAME}, since its Pods are named <name>-<launch number>",
+                name.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The immutability rules, checked without the old object: a server without
@@ -165,6 +186,16 @@ mod tests {
             volume: None,
         });
         ws
+    }
+
+    #[test]
+    fn a_container_name_leaves_room_for_its_pods_names() {
+        let mut ws = container_workspace();
+        ws.metadata.name = Some("a".repeat(MAX_CONTAINER_NAME));
+        assert_eq!(validate(&ws), Ok(()));
+        ws.metadata.name = Some("a".repeat(MAX_CONTAINER_NAME + 1));
+        let err = validate(&ws).unwrap_err();
+        assert!(err.message.contains("metadata.name"), "{err}");
     }
 
     #[test]
