@@ -33,12 +33,17 @@ call() {
 
 now() { date -u +%Y-%m-%dT%H:%M:%S.000000Z; }
 
+# A label value holds at most 63 characters; without the label tend still reads the
+# Lease, only later.
+labels=
+if [ "${#ws}" -le 63 ]; then labels="\"labels\":{\"tend.dev/workspace\":\"$ws\"},"; fi
+
 while :; do
     status=$(call PATCH "$leases/$ws" application/merge-patch+json \
         "{\"spec\":{\"holderIdentity\":\"$holder\",\"renewTime\":\"$(now)\"}}")
     if [ "$status" = 404 ]; then
         status=$(call POST "$leases" application/json \
-            "{\"apiVersion\":\"coordination.k8s.io/v1\",\"kind\":\"Lease\",\"metadata\":{\"name\":\"$ws\",\"labels\":{\"tend.dev/workspace\":\"$ws\"}},\"spec\":{\"holderIdentity\":\"$holder\",\"leaseDurationSeconds\":$interval,\"renewTime\":\"$(now)\"}}")
+            "{\"apiVersion\":\"coordination.k8s.io/v1\",\"kind\":\"Lease\",\"metadata\":{$labels\"name\":\"$ws\"},\"spec\":{\"holderIdentity\":\"$holder\",\"leaseDurationSeconds\":$interval,\"renewTime\":\"$(now)\"}}")
     fi
     case $status in
         2??) ok=1 ;;

@@ -9,7 +9,7 @@ use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use serde::de::DeserializeOwned;
-use tracing::debug;
+use tracing::warn;
 
 use super::{CallError, ErrorKind};
 
@@ -78,7 +78,7 @@ where
                     None
                 }
                 Err(e) => {
-                    debug!(error = %e, "watching {what} failed; retrying");
+                    warn!(error = %e, "watching {what} failed; retrying with backoff");
                     None
                 }
             };

@@ -187,6 +187,14 @@ pub(super) async fn apply(
     if let Some(left) = look.as_ref().and_then(|l| l.holds_for) {
         requeue = requeue.min(left + Duration::from_millis(50));
     }
+    // No sweep asks again about a backend it does not cover: after a failed
+    // look, this reconcile is the one that must.
+    let failed_look = look
+        .as_ref()
+        .is_some_and(|l| matches!(l.observation, Observation::Unknown { .. }));
+    if failed_look && !backend.swept() {
+        requeue = requeue.min(ctx.settings.progress_interval);
+    }
     match execute(ws, backend, &old, plan).await? {
         Ok(Step::Record(r)) => {
             outcome.record = Some(r);

@@ -132,13 +132,17 @@ pub fn assess(
             groups.entry(key).or_default().0 += 1;
         }
     }
-    // A death out of the sweep still belongs to its group's fleet.
+    // A death out of the sweep still belongs to its group's fleet. Only
+    // groups this sweep looked at are judged: an early sweep of one place
+    // says nothing about the others, nor does a group left with no member
+    // in the sweep.
     for d in deaths.values() {
         let swept = current.contains_key(d.uid.as_str());
         for key in groups_of(&d.location, d.zone.as_deref()) {
-            let group = groups.entry(key).or_default();
-            group.0 += usize::from(!swept);
-            group.1 += 1;
+            if let Some(group) = groups.get_mut(&key) {
+                group.0 += usize::from(!swept);
+                group.1 += 1;
+            }
         }
     }
     let trips: Vec<Trip> = groups

@@ -176,6 +176,29 @@ impl Changed {
     }
 }
 
+/// Hands what the watches see on: a change of a place to the sweeper (an
+/// early sweep), a change of one Workspace's backend straight to the
+/// reconciler, if that Workspace exists.
+async fn forward(
+    mut changes: impl futures::Stream<Item = (Runtime, Change)> + Unpin,
+    places: UnboundedSender<(Runtime, String)>,
+    wake: UnboundedSender<ObjectRef<Workspace>>,
+    store: Store<Workspace>,
+) {
+    while let Some((runtime, change)) = changes.next().await {
+        match change {
+            Change::At(location) => {
+                let _ = places.unbounded_send((runtime, location));
+            }
+            Change::Of(object) => {
+                if store.get(&object).is_some() {
+                    let _ = wake.unbounded_send(object);
+                }
+            }
+        }
+    }
+}
+
 /// Sleeps until `at`, or forever without one.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
@@ -361,11 +384,20 @@ impl Sweeper {
         debug!("sweeper started");
         let mut ticker = tokio::time::interval(self.settings.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut changes = futures::stream::select_all(self.backends.iter().filter_map(|b| {
+        let changes = futures::stream::select_all(self.backends.iter().filter_map(|b| {
             let runtime = b.runtime();
             b.changes()
                 .map(|s| s.map(move |change| (runtime, change)).boxed())
         }));
+        // The watches are read on a task of their own, so that a sweep in
+        // progress delays no look the reconciler should take at once.
+        let (places, mut changed_at) = futures::channel::mpsc::unbounded();
+        let watching = tokio::spawn(forward(
+            changes,
+            places,
+            self.wake.clone(),
+            self.store.clone(),
+        ));
         let mut changed = Changed::default();
         let mut last_early: Option<tokio::time::Instant> = None;
         loop {
@@ -379,18 +411,11 @@ impl Sweeper {
                     changed = Changed::default();
                     Scope::All
                 }
-                Some((runtime, change)) = changes.next() => {
-                    match change {
-                        Change::At(location) => changed.note(runtime, location),
-                        // Not the sweep's to look at: the reconciler looks itself.
-                        Change::Of(object) => {
-                            let _ = self.wake.unbounded_send(object);
-                        }
-                    }
+                Some((runtime, location)) = changed_at.next() => {
+                    changed.note(runtime, location);
                     continue;
                 }
                 _ = sleep_until(early_at), if early_at.is_some() => {
-                    last_early = Some(tokio::time::Instant::now());
                     Scope::Changed(std::mem::take(&mut changed).places)
                 }
             };
@@ -403,7 +428,12 @@ impl Sweeper {
                     debug!(sweep = report.sweep, early = matches!(scope, Scope::Changed(_)), observed = report.observed, changed = report.changed.len(), duration = ?report.duration, "sweep done");
                 }
             }
+            // The gap between early sweeps runs from the end of the last one.
+            if matches!(scope, Scope::Changed(_)) {
+                last_early = Some(tokio::time::Instant::now());
+            }
         }
+        watching.abort();
     }
 
     /// One sweep: scope, observe, assess, publish, wake.

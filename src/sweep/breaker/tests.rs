@@ -403,3 +403,26 @@ fn early_sweeps_hold_new_deaths_but_keep_the_intervals_pace() {
     assert!(matches!(a.holds["u010"], Hold::Suspected { sweeps: 1, .. }));
     assert_eq!(a.deaths.len(), 11);
 }
+
+#[test]
+fn a_group_with_no_member_in_the_sweep_does_not_trip() {
+    // Half a region died, then an early sweep looks at another region only.
+    let mut fleet = Fleet::new(20, 10);
+    fleet.sweep();
+    let elsewhere: Vec<Sample> = fleet
+        .samples()
+        .into_iter()
+        .take(1)
+        .map(|s| Sample {
+            uid: "other",
+            location: "eu-west-1",
+            zone: None,
+            now: &Observation::Running,
+            before: None,
+            ..s
+        })
+        .collect();
+    let a = assess(&elsewhere, &fleet.deaths, fleet.sweep, true, &settings());
+    assert!(a.trips.is_empty(), "{:?}", a.trips);
+    assert_eq!(a.deaths.len(), 10, "the deaths stay in the window");
+}
