@@ -11,7 +11,7 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use support::checks::{annotate, condition, has_condition, instance_of, online, wait_online_after};
 use support::faults::FaultRule;
-use support::rig::Rig;
+use support::rig::{NS, Rig};
 use tend::api::Phase;
 
 #[tokio::test]
@@ -389,17 +389,22 @@ async fn circuit_breaker_holds_a_mass_death_then_heals_in_waves() {
         wait_online_after(&rig, &format!("ws{i}"), 1).await;
     }
     // Waves of at most 2 per sweep: the restarts fall into groups one sweep
-    // (a second) apart, none bigger than 2.
+    // (a second) apart, none bigger than 2. Status times are whole seconds,
+    // so a wave can straddle one; the Restarting events carry microseconds.
+    let events = rig
+        .kube
+        .list_objects(&format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"));
     let mut restarted: Vec<jiff::Timestamp> = (0..5)
         .map(|i| {
-            rig.get(&format!("ws{i}"))
-                .unwrap()
-                .status
-                .unwrap()
-                .last_restart
-                .unwrap()
-                .at
-                .0
+            let name = format!("ws{i}");
+            let event = events
+                .iter()
+                .find(|e| e["regarding"]["name"] == name && e["reason"] == "Restarting")
+                .unwrap_or_else(|| panic!("{name} announced its restart"));
+            event["eventTime"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .expect("an event time")
         })
         .collect();
     restarted.sort();
