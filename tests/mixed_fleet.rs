@@ -87,10 +87,12 @@ async fn a_mixed_fleet_loses_only_what_is_truly_dead() {
         assert_eq!(status.phase, Some(Phase::Online), "{name}");
         assert_eq!(backend_of(&now), backend_of(old), "{name} kept its backend");
         assert_eq!(status.restarts, 0, "{name}");
+        // No death announced; those without a clean answer may turn stale
+        // (the rig's --stale-after is 2 s), which is the truth.
         assert!(
             rig.events(name)
                 .iter()
-                .all(|(kind, _, _)| kind != "Warning"),
+                .all(|(kind, reason, _)| kind != "Warning" || reason == "ObservationStale"),
             "{name}: {:?}",
             rig.events(name)
         );
