@@ -57,14 +57,30 @@ pub async fn bounded<T>(
     }
 }
 
-/// The objects a watch sees change: created, changed or deleted. The
+/// The objects of one kind (in `namespace`, or in every namespace) that a
+/// watch sees change: created, changed or deleted. The
 /// watch's first listing is no change; a watch that fails is retried with
 /// backoff, and its listing again yields every object, so nothing that
 /// changed while it was down is missed.
-pub fn changed<K>(api: Api<K>, config: watcher::Config, what: &'static str) -> BoxStream<'static, K>
+pub fn changed<K>(
+    client: kube::Client,
+    namespace: Option<&str>,
+    config: watcher::Config,
+    what: &'static str,
+) -> BoxStream<'static, K>
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    K::DynamicType: Default,
 {
+    let api: Api<K> = match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
     let mut listing_again = false;
     watcher::watcher(api, config)
         .default_backoff()

@@ -203,11 +203,7 @@ pub(super) async fn apply(
         }
         Ok(Step::Wait(why)) => {
             outcome.detail = Some(why);
-            // A backend that comes up by itself announces it through its
-            // watch; tend need not keep asking.
-            if backend.launches() {
-                requeue = ctx.settings.progress_interval;
-            }
+            requeue = progress(ctx, backend);
             ctx.succeeded(&uid);
         }
         Ok(Step::Done) => ctx.succeeded(&uid),
@@ -250,10 +246,18 @@ fn steady_requeue(ctx: &Context, phase: Phase, backend: &dyn Backend) -> Duratio
         Phase::Online | Phase::Stopped | Phase::Hibernated | Phase::Failed => {
             ctx.settings.resync_interval
         }
-        // Nothing of tend's is under way for a backend that comes up by
-        // itself: its watch says when to look.
-        _ if !backend.launches() => ctx.settings.resync_interval,
-        _ => ctx.settings.progress_interval,
+        _ => progress(ctx, backend),
+    }
+}
+
+/// How soon to look again while something is under way. Nothing of tend's
+/// is under way for a backend that comes up by itself: its watch says when
+/// to look.
+fn progress(ctx: &Context, backend: &dyn Backend) -> Duration {
+    if backend.launches() {
+        ctx.settings.progress_interval
+    } else {
+        ctx.settings.resync_interval
     }
 }
 

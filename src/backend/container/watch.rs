@@ -5,7 +5,6 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::watcher;
 
 use super::ContainerBackend;
@@ -16,12 +15,13 @@ use crate::backend::kubernetes::changed;
 impl ContainerBackend {
     /// The namespace of every Pod of tend's that changes.
     pub(super) fn pod_changes(&self) -> BoxStream<'static, Change> {
-        let api: Api<Pod> = match &self.settings.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        };
-        changed(api, watcher::Config::default().labels(LABEL_UID), "Pods")
-            .filter_map(|pod| futures::future::ready(pod.namespace().map(Change::At)))
-            .boxed()
+        changed::<Pod>(
+            self.client.clone(),
+            self.settings.namespace.as_deref(),
+            watcher::Config::default().labels(LABEL_UID),
+            "Pods",
+        )
+        .filter_map(|pod| futures::future::ready(pod.namespace().map(Change::At)))
+        .boxed()
     }
 }

@@ -5,7 +5,6 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
@@ -19,12 +18,9 @@ impl ExternalBackend {
     /// that the cluster's own (node heartbeats, leader elections) cost
     /// nothing; an unlabelled one is still read at every resync.
     pub(super) fn lease_changes(&self) -> BoxStream<'static, Change> {
-        let api: Api<Lease> = match &self.settings.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        };
-        changed(
-            api,
+        changed::<Lease>(
+            self.client.clone(),
+            self.settings.namespace.as_deref(),
             watcher::Config::default().labels(LABEL_WORKSPACE),
             "heartbeat Leases",
         )
