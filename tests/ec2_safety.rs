@@ -196,13 +196,7 @@ async fn bad_ami_fails_with_a_clear_reason_and_the_controller_stays_alive() {
 async fn ec2_runtime_without_ec2_block_is_invalid_spec_and_launches_nothing() {
     // A 1.25+ server refuses this spec by CEL; an older one stores it.
     let rig = Rig::start_on(Rig::before_cel()).await;
-    let ws: Workspace = serde_json::from_value(json!({
-        "apiVersion": "tend.dev/v1alpha1",
-        "kind": "Workspace",
-        "metadata": { "name": "broken", "namespace": NS },
-        "spec": { "runtime": "ec2" }
-    }))
-    .unwrap();
+    let ws = Rig::workspace("broken", json!({ "runtime": "ec2" }));
     rig.create(&ws).await;
     rig.wait_ws("broken", "InvalidSpec", |w| {
         w.status.as_ref().is_some_and(|s| {
@@ -284,13 +278,7 @@ async fn missing_aws_credentials_are_reported_and_the_controller_keeps_serving()
     let (_, _, message) = rig.ready("dev").unwrap();
     assert!(message.to_lowercase().contains("credentials"), "{message}");
     // Still serving: a spec problem on another object is still reported.
-    let ws: Workspace = serde_json::from_value(json!({
-        "apiVersion": "tend.dev/v1alpha1",
-        "kind": "Workspace",
-        "metadata": { "name": "other", "namespace": NS },
-        "spec": { "runtime": "ec2" }
-    }))
-    .unwrap();
+    let ws = Rig::workspace("other", json!({ "runtime": "ec2" }));
     rig.create(&ws).await;
     rig.wait_event("other", "InvalidSpec").await;
 }

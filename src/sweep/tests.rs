@@ -151,6 +151,19 @@ fn scope_is_what_should_be_running() {
     );
 }
 
+/// `n` Online ec2 Workspaces as the sweeper sees them, named `w0`, `w1`, ...
+fn online_targets(n: usize) -> Vec<Target> {
+    (0..n)
+        .map(|i| {
+            target(
+                &workspace(&format!("w{i}"), "Online", "ec2", false),
+                &backends(),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
 /// The defaults of `tend run`.
 fn settings() -> SweepSettings {
     let args = crate::config::RunArgs::from_flags(["--region", "us-east-1"]).unwrap();
@@ -159,15 +172,7 @@ fn settings() -> SweepSettings {
 
 #[test]
 fn least_recently_observed_go_first_and_the_cap_holds() {
-    let targets: Vec<Target> = (0..5)
-        .map(|i| {
-            target(
-                &workspace(&format!("w{i}"), "Online", "ec2", false),
-                &backends(),
-            )
-            .unwrap()
-        })
-        .collect();
+    let targets: Vec<Target> = online_targets(5);
     let mut previous = Snapshot::default();
     for (i, t) in targets.iter().enumerate() {
         if i != 3 {
@@ -196,15 +201,7 @@ fn least_recently_observed_go_first_and_the_cap_holds() {
 #[tokio::test]
 async fn a_steady_sweep_wakes_nothing() {
     let backends = backends();
-    let targets: Vec<Target> = (0..50)
-        .map(|i| {
-            target(
-                &workspace(&format!("w{i:02}"), "Online", "ec2", false),
-                &backends,
-            )
-            .unwrap()
-        })
-        .collect();
+    let targets: Vec<Target> = online_targets(50);
     let far = Instant::now() + Duration::from_secs(60);
     let (answers, _) = observe_all(&backends, &to_ask(&targets, &Snapshot::default()), far).await;
     assert_eq!(answers.len(), 50);
@@ -362,15 +359,7 @@ async fn a_proven_absence_is_settled_and_not_asked_about_again() {
 
 #[test]
 fn an_early_sweep_covers_only_where_things_changed_and_keeps_the_sweep_number() {
-    let mut targets: Vec<Target> = (0..4)
-        .map(|i| {
-            target(
-                &workspace(&format!("w{i}"), "Online", "ec2", false),
-                &backends(),
-            )
-            .unwrap()
-        })
-        .collect();
+    let mut targets: Vec<Target> = online_targets(4);
     targets[0].probe.location = "eu-west-1".into();
     let scope = Scope::Changed(HashMap::from([(
         Runtime::Ec2,
@@ -391,15 +380,15 @@ fn an_early_sweep_covers_only_where_things_changed_and_keeps_the_sweep_number() 
     let now = Timestamp::now();
     let running = |ts: &[Target]| -> HashMap<String, Sighting> {
         ts.iter()
-            .map(|t| (t.uid.clone(), Sighting::unknown("", now)))
-            .map(|(uid, s)| {
-                (
-                    uid,
-                    Sighting {
-                        observation: Observation::Running,
-                        ..s
-                    },
-                )
+            .map(|t| {
+                let seen = Sighting {
+                    observation: Observation::Running,
+                    asked_at: now,
+                    zone: None,
+                    absent: false,
+                    holds_for: None,
+                };
+                (t.uid.clone(), seen)
             })
             .collect()
     };

@@ -175,13 +175,22 @@ impl Rig {
         Api::namespaced(self.kube.client(), NS)
     }
 
-    /// A valid ec2 Workspace in the rig's subnet.
-    pub fn ec2_workspace(&self, name: &str) -> Workspace {
+    /// A Workspace of the rig's namespace with this spec.
+    pub fn workspace(name: &str, spec: Value) -> Workspace {
         serde_json::from_value(json!({
             "apiVersion": "tend.dev/v1alpha1",
             "kind": "Workspace",
             "metadata": { "name": name, "namespace": NS },
-            "spec": {
+            "spec": spec,
+        }))
+        .expect("workspace json")
+    }
+
+    /// A valid ec2 Workspace in the rig's subnet.
+    pub fn ec2_workspace(&self, name: &str) -> Workspace {
+        Rig::workspace(
+            name,
+            json!({
                 "runtime": "ec2",
                 "ec2": {
                     "instanceType": "t3.micro",
@@ -190,41 +199,34 @@ impl Rig {
                     "tags": { "team": "platform" },
                     "volume": { "sizeGiB": 10 }
                 }
-            }
-        }))
-        .expect("workspace json")
+            }),
+        )
     }
 
     /// A valid container Workspace with a 1Gi claim mounted at /data.
     pub fn container_workspace(&self, name: &str) -> Workspace {
-        serde_json::from_value(json!({
-            "apiVersion": "tend.dev/v1alpha1",
-            "kind": "Workspace",
-            "metadata": { "name": name, "namespace": NS },
-            "spec": {
+        Rig::workspace(
+            name,
+            json!({
                 "runtime": "container",
                 "container": {
                     "image": "busybox",
                     "command": ["sleep", "infinity"],
                     "volume": { "size": "1Gi", "mountPath": "/data" }
                 }
-            }
-        }))
-        .expect("workspace json")
+            }),
+        )
     }
 
     /// A valid external Workspace whose heartbeat times out after `timeout` seconds.
     pub fn external_workspace(&self, name: &str, timeout: i64) -> Workspace {
-        serde_json::from_value(json!({
-            "apiVersion": "tend.dev/v1alpha1",
-            "kind": "Workspace",
-            "metadata": { "name": name, "namespace": NS },
-            "spec": {
+        Rig::workspace(
+            name,
+            json!({
                 "runtime": "external",
                 "external": { "heartbeatTimeoutSeconds": timeout }
-            }
-        }))
-        .expect("workspace json")
+            }),
+        )
     }
 
     /// An external machine's agent: renews the Lease named after the Workspace.
