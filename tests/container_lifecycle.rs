@@ -44,6 +44,17 @@ async fn online(rig: &Rig) -> Workspace {
     rig.wait_phase("dev", Phase::Online).await
 }
 
+/// Waits until `dev` is in `phase` with `pod` recorded.
+async fn wait_on_pod(rig: &Rig, phase: Phase, pod: &str) -> Workspace {
+    let what = format!("{phase} on {pod}");
+    rig.wait_ws("dev", &what, |w| {
+        w.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Some(phase) && s.pod_name.as_deref() == Some(pod))
+    })
+    .await
+}
+
 /// The claim the Pod mounts.
 fn mounted_claim(pod: &Value) -> &str {
     pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
@@ -58,13 +69,7 @@ async fn a_container_workspace_goes_online_with_an_owned_labelled_claim_and_pod(
     rig.create(&rig.container_workspace("dev")).await;
     let pod = rig.wait_pod("dev-1").await;
     // Not scheduled yet: the Pod is Pending, the Workspace Provisioning.
-    let provisioning = rig
-        .wait_ws("dev", "Provisioning with its Pod recorded", |w| {
-            w.status.as_ref().is_some_and(|s| {
-                s.phase == Some(Phase::Provisioning) && s.pod_name.as_deref() == Some("dev-1")
-            })
-        })
-        .await;
+    let provisioning = wait_on_pod(&rig, Phase::Provisioning, "dev-1").await;
     assert_eq!(
         provisioning.status.as_ref().unwrap().volume_id.as_deref(),
         Some("dev-data")
@@ -212,13 +217,7 @@ async fn stop_and_start_keep_the_claim() {
     let pod = rig.wait_pod("dev-2").await;
     assert_eq!(mounted_claim(&pod), "dev-data");
     rig.kubelet().run("dev-2", NODE).await;
-    let back = rig
-        .wait_ws("dev", "Online on the new Pod", |w| {
-            w.status.as_ref().is_some_and(|s| {
-                s.phase == Some(Phase::Online) && s.pod_name.as_deref() == Some("dev-2")
-            })
-        })
-        .await;
+    let back = wait_on_pod(&rig, Phase::Online, "dev-2").await;
     assert_eq!(
         back.status.as_ref().unwrap().restarts,
         0,
