@@ -18,7 +18,7 @@ use kube::runtime::reflector::ObjectRef;
 use serde::{Deserialize, Serialize};
 use tend::api::Runtime;
 use tend::api::Workspace;
-use tend::backend::ec2::{BatchSettings, Describer, TokenBucket, observe_instances};
+use tend::backend::ec2::{BatchSettings, Describer, Seen, TokenBucket, observe_instances};
 use tend::backend::{CallError, CallStats, ErrorKind, Probe, Sighting};
 use tend::config::RunArgs;
 use tend::core::Observation;
@@ -236,20 +236,18 @@ impl Describer for SimEc2 {
             .clone()
     }
 
-    fn describe(
-        &self,
-        region: &str,
-        ids: &[String],
-    ) -> impl Future<Output = Result<Vec<Instance>, CallError>> + Send {
-        self.answer(region, ids)
+    /// As tend's client does: each answer read into what tend keeps of it.
+    async fn describe(&self, region: &str, ids: &[String]) -> Result<Vec<Seen>, CallError> {
+        Ok(self
+            .answer(region, ids)
+            .await?
+            .iter()
+            .map(Seen::of)
+            .collect())
     }
 
     /// As EC2 does: the whole call fails naming every unknown id.
-    async fn describe_named(
-        &self,
-        region: &str,
-        ids: &[String],
-    ) -> Result<Vec<Instance>, CallError> {
+    async fn describe_named(&self, region: &str, ids: &[String]) -> Result<Vec<Seen>, CallError> {
         let listed = self.answer(region, ids).await?;
         let unknown: Vec<&str> = ids
             .iter()
@@ -257,7 +255,7 @@ impl Describer for SimEc2 {
             .filter(|id| !listed.iter().any(|i| i.instance_id() == Some(*id)))
             .collect();
         if unknown.is_empty() {
-            return Ok(listed);
+            return Ok(listed.iter().map(Seen::of).collect());
         }
         Err(CallError::instances_not_found(&unknown))
     }

@@ -5,6 +5,7 @@
 //! own. The decision core, the sweep and the reconciler know a runtime only
 //! through this interface and its registration in [`Backends`].
 
+pub mod batcher;
 mod error;
 mod kubernetes;
 mod owner;

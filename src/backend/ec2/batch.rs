@@ -11,27 +11,30 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::Instance;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use jiff::Timestamp;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use jiff::Timestamp;
-
-use super::{TokenBucket, not_found_ids};
+use super::{Seen, TokenBucket, not_found_ids};
 use crate::backend::{CallError, CallStats, ErrorKind};
 
 /// Something that can describe instances in batches: EC2, or a simulation.
 pub trait Describer: Send + Sync + 'static {
     /// The describe-family rate limit of a region, shared with other callers.
     fn read_bucket(&self, region: &str) -> Arc<TokenBucket>;
+    /// The bound on describes in flight, where several rounds share one.
+    fn slots(&self) -> Option<&Semaphore> {
+        None
+    }
     /// One batch describe with the `instance-id` filter: it lists what exists
     /// and silently leaves out the rest. The caller has already taken a token.
     fn describe(
         &self,
         region: &str,
         ids: &[String],
-    ) -> impl Future<Output = Result<Vec<Instance>, CallError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Seen>, CallError>> + Send;
     /// One describe naming the ids (`InstanceIds`): it fails as a whole with
     /// `InvalidInstanceID.NotFound`, naming unknown ids, if any is unknown.
     /// The caller has already taken a token.
@@ -39,19 +42,23 @@ pub trait Describer: Send + Sync + 'static {
         &self,
         region: &str,
         ids: &[String],
-    ) -> impl Future<Output = Result<Vec<Instance>, CallError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Seen>, CallError>> + Send;
 }
 
-impl Describer for super::Ec2Backend {
+impl Describer for super::Regions {
     fn read_bucket(&self, region: &str) -> Arc<TokenBucket> {
-        super::Ec2Backend::read_bucket(self, region)
+        super::Regions::read_bucket(self, region)
+    }
+
+    fn slots(&self) -> Option<&Semaphore> {
+        Some(&self.slots)
     }
 
     fn describe(
         &self,
         region: &str,
         ids: &[String],
-    ) -> impl Future<Output = Result<Vec<Instance>, CallError>> + Send {
+    ) -> impl Future<Output = Result<Vec<Seen>, CallError>> + Send {
         self.describe_batch(region, ids)
     }
 
@@ -59,7 +66,7 @@ impl Describer for super::Ec2Backend {
         &self,
         region: &str,
         ids: &[String],
-    ) -> impl Future<Output = Result<Vec<Instance>, CallError>> + Send {
+    ) -> impl Future<Output = Result<Vec<Seen>, CallError>> + Send {
         self.describe_by_ids(region, ids)
     }
 }
@@ -75,20 +82,33 @@ pub struct Answer {
 #[derive(Debug, Clone)]
 pub enum Reply {
     /// A describe listed the instance.
-    Found(Box<Instance>),
+    Found(Seen),
     /// Asked about by id, EC2 answered that the instance does not exist.
     NotFound,
+    /// Asked about by owner: the instances tagged with that Workspace's uid.
+    Owned(Vec<Seen>),
     /// No clean answer: the call failed, timed out, or an omission could not
     /// be confirmed by id.
-    Failed(String),
+    Failed(CallError),
 }
 
 impl Answer {
-    fn failed(asked_at: Timestamp, why: &str) -> Self {
+    pub fn failed(asked_at: Timestamp, error: CallError) -> Self {
         Answer {
             asked_at,
-            reply: Reply::Failed(why.to_owned()),
+            reply: Reply::Failed(error),
         }
+    }
+}
+
+/// A describe that gave no answer for a reason of tend's own (a timeout, a
+/// deadline, an answer that left out an id it named).
+pub fn unanswered(why: impl Into<String>) -> CallError {
+    CallError {
+        operation: "DescribeInstances",
+        kind: ErrorKind::Transient,
+        code: None,
+        message: why.into(),
     }
 }
 
@@ -173,6 +193,11 @@ pub async fn describe_all<D: Describer>(
                 *filters_in_flight.entry(job.region.clone()).or_default() += 1;
             }
             in_flight.push(async move {
+                // Shared with every other round of reads, where there is one.
+                let _slot = match describer.slots() {
+                    Some(slots) => slots.acquire().await.ok(),
+                    None => None,
+                };
                 let waited = describer.read_bucket(&job.region).acquire().await;
                 let asked_at = Timestamp::now();
                 let call = async {
@@ -193,7 +218,7 @@ pub async fn describe_all<D: Describer>(
                 drop(in_flight);
                 for id in ids_by_region.values().flatten() {
                     answers.entry(id.clone()).or_insert_with(|| {
-                        Answer::failed(started, "no answer within the sweep deadline")
+                        Answer::failed(started, unanswered("no answer within the deadline"))
                     });
                 }
                 stats.timed_out += 1;
@@ -213,17 +238,15 @@ pub async fn describe_all<D: Describer>(
         match result {
             Ok(Ok(instances)) => {
                 stats.ok += 1;
-                let mut by_id: HashMap<&str, &Instance> = instances
-                    .iter()
-                    .filter_map(|i| Some((i.instance_id()?, i)))
-                    .collect();
+                let mut by_id: HashMap<String, Seen> =
+                    instances.into_iter().map(|i| (i.id.clone(), i)).collect();
                 let mut left_out = Vec::new();
                 for id in job.ids {
                     let Some(instance) = by_id.remove(id.as_str()) else {
                         left_out.push(id);
                         continue;
                     };
-                    let reply = Reply::Found(Box::new(instance.clone()));
+                    let reply = Reply::Found(instance);
                     answers.insert(id, Answer { asked_at, reply });
                 }
                 match job.ask {
@@ -233,7 +256,7 @@ pub async fn describe_all<D: Describer>(
                         &mut answers,
                         &left_out,
                         asked_at,
-                        "left out of an answer that named it",
+                        &unanswered("left out of an answer that named it"),
                     ),
                 }
             }
@@ -251,21 +274,11 @@ pub async fn describe_all<D: Describer>(
                 } else {
                     stats.failed += 1;
                 }
-                split_or_fail(
-                    &mut pending,
-                    &mut answers,
-                    job,
-                    asked_at,
-                    whole_batch,
-                    &e.to_string(),
-                );
+                split_or_fail(&mut pending, &mut answers, job, asked_at, whole_batch, &e);
             }
             Err(_) => {
                 stats.timed_out += 1;
-                let why = format!(
-                    "DescribeInstances timed out after {:?}",
-                    settings.probe_timeout
-                );
+                let why = unanswered(format!("timed out after {:?}", settings.probe_timeout));
                 split_or_fail(&mut pending, &mut answers, job, asked_at, true, &why);
             }
         }
@@ -287,7 +300,7 @@ fn confirmed_absent(
     let (absent, rest): (Vec<String>, Vec<String>) =
         job.ids.into_iter().partition(|id| named.contains(id));
     if absent.is_empty() {
-        fail(answers, &rest, asked_at, &error.to_string());
+        fail(answers, &rest, asked_at, error);
         return;
     }
     for id in absent {
@@ -309,7 +322,7 @@ fn split_or_fail(
     mut job: Job,
     asked_at: Timestamp,
     whole_batch: bool,
-    why: &str,
+    why: &CallError,
 ) {
     if whole_batch || job.ids.len() < 2 {
         fail(answers, &job.ids, asked_at, why);
@@ -324,9 +337,14 @@ fn split_or_fail(
     pending.push_back(job);
 }
 
-fn fail(answers: &mut HashMap<String, Answer>, ids: &[String], asked_at: Timestamp, why: &str) {
+fn fail(
+    answers: &mut HashMap<String, Answer>,
+    ids: &[String],
+    asked_at: Timestamp,
+    why: &CallError,
+) {
     for id in ids {
-        answers.insert(id.clone(), Answer::failed(asked_at, why));
+        answers.insert(id.clone(), Answer::failed(asked_at, why.clone()));
     }
 }
 

@@ -2,12 +2,14 @@
 //! from the region's bucket for its API family, then the call, its failure
 //! classified, and the bucket emptied when AWS throttled it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use tokio::sync::Semaphore;
 
-use super::{Ec2Backend, Family, TokenBucket};
+use super::{Family, Limits, TokenBucket};
 use crate::backend::{CallError, ErrorKind};
 
 /// One region's client and rate limits. Every EC2 call goes through `call`.
@@ -71,7 +73,25 @@ impl Ec2Region {
     }
 }
 
-impl Ec2Backend {
+/// Every region's client and rate limits, created on first use, and the
+/// bound on describes in flight, which every round of reads shares.
+pub struct Regions {
+    base: aws_sdk_ec2::Config,
+    limits: Arc<Limits>,
+    clients: Mutex<HashMap<String, Ec2Region>>,
+    pub(super) slots: Semaphore,
+}
+
+impl Regions {
+    pub fn new(base: aws_sdk_ec2::Config, limits: Arc<Limits>, max_in_flight: usize) -> Self {
+        Regions {
+            base,
+            limits,
+            clients: Mutex::new(HashMap::new()),
+            slots: Semaphore::new(max_in_flight.max(1)),
+        }
+    }
+
     /// The client and rate limits of one region.
     pub fn region(&self, region: &str) -> Ec2Region {
         let mut clients = self.clients.lock().expect("client map lock");

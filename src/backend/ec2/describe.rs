@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Ec2Backend {
+impl Regions {
     /// Describes a batch of instances with the `instance-id` filter, following
     /// NextToken pages. Naming ids in `InstanceIds` would fail the whole call
     /// on one unknown id; the filter just leaves unknown ids out. Terminated
@@ -12,19 +12,51 @@ impl Ec2Backend {
         &self,
         region: &str,
         ids: &[String],
-    ) -> Result<Vec<Instance>, CallError> {
+    ) -> Result<Vec<Seen>, CallError> {
+        let filter = Filter::builder()
+            .name("instance-id")
+            .set_values(Some(ids.to_vec()))
+            .build();
+        // A batch of N ids can never need more than N pages.
+        self.describe_pages(region, vec![filter], ids.len()).await
+    }
+
+    /// Describes the instances tagged with any of these Workspace uids in
+    /// this cluster, following pages. The caller holds the token for the
+    /// first page.
+    pub async fn describe_owned(
+        &self,
+        region: &str,
+        uids: &[String],
+        cluster: &str,
+    ) -> Result<Vec<Seen>, CallError> {
+        let filters = vec![
+            Filter::builder()
+                .name(format!("tag:{TAG_UID}"))
+                .set_values(Some(uids.to_vec()))
+                .build(),
+            tag_filter(TAG_CLUSTER, cluster),
+        ];
+        // Each Workspace keeps few instances (terminated ones linger for
+        // about an hour); the bound only stops a runaway answer.
+        self.describe_pages(region, filters, uids.len() * 10).await
+    }
+
+    /// One filtered describe, page by page, each page read into [`Seen`]
+    /// as it arrives.
+    async fn describe_pages(
+        &self,
+        region: &str,
+        filters: Vec<Filter>,
+        max_pages: usize,
+    ) -> Result<Vec<Seen>, CallError> {
         let client = self.region(region);
-        let mut found = Vec::with_capacity(ids.len());
+        let mut found = Vec::new();
         let mut token: Option<String> = None;
-        // Bounded: a batch of N ids can never need more than N pages.
-        for page_number in 0..=ids.len() {
+        for page_number in 0..=max_pages {
             if page_number > 0 {
                 client.read.acquire().await;
             }
-            let filter = Filter::builder()
-                .name("instance-id")
-                .set_values(Some(ids.to_vec()))
-                .build();
             let page = client
                 .call_with_token(
                     Family::Read,
@@ -34,14 +66,14 @@ impl Ec2Backend {
                     // and eat into the sweep's deadline.
                     client
                         .describe_instances()
-                        .filters(filter)
+                        .set_filters(Some(filters.clone()))
                         .set_next_token(token.take())
                         .customize()
                         .config_override(single_attempt())
                         .send(),
                 )
                 .await?;
-            found.extend(listed(page.reservations()).cloned());
+            found.extend(listed(page.reservations()).map(Seen::of));
             match page.next_token() {
                 Some(t) if !t.is_empty() => token = Some(t.to_owned()),
                 _ => return Ok(found),
@@ -49,7 +81,7 @@ impl Ec2Backend {
         }
         Err(CallError::malformed(
             "DescribeInstances",
-            "more pages than ids",
+            "more pages than could be asked for",
         ))
     }
 
@@ -62,7 +94,7 @@ impl Ec2Backend {
         &self,
         region: &str,
         ids: &[String],
-    ) -> Result<Vec<Instance>, CallError> {
+    ) -> Result<Vec<Seen>, CallError> {
         let client = self.region(region);
         let out = client
             .call_with_token(
@@ -76,46 +108,8 @@ impl Ec2Backend {
                     .send(),
             )
             .await?;
-        Ok(listed(out.reservations()).cloned().collect())
+        Ok(listed(out.reservations()).map(Seen::of).collect())
     }
-}
-
-/// Describes one instance by the `instance-id` filter: an unknown id yields
-/// an empty answer instead of failing the call.
-pub(super) async fn describe_instance(
-    client: &Ec2Region,
-    id: &str,
-) -> Result<Option<aws_sdk_ec2::types::Instance>, CallError> {
-    let out = client
-        .call(
-            Family::Read,
-            "DescribeInstances",
-            client
-                .describe_instances()
-                .filters(Filter::builder().name("instance-id").values(id).build())
-                .send(),
-        )
-        .await?;
-    Ok(listed(out.reservations())
-        .find(|i| i.instance_id() == Some(id))
-        .cloned())
-}
-
-pub(super) async fn tagged_instances(
-    client: &Ec2Region,
-    owner: &Owner<'_>,
-) -> Result<Vec<aws_sdk_ec2::types::Instance>, CallError> {
-    let out = client
-        .call(
-            Family::Read,
-            "DescribeInstances",
-            client
-                .describe_instances()
-                .set_filters(Some(owned_by(owner)))
-                .send(),
-        )
-        .await?;
-    Ok(listed(out.reservations()).cloned().collect())
 }
 
 pub(super) async fn describe_volume(

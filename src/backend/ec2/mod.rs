@@ -12,6 +12,8 @@ mod limits;
 mod observe;
 mod ownership;
 mod provision;
+mod reads;
+mod seen;
 mod state;
 mod teardown;
 mod user_data;
@@ -32,15 +34,17 @@ use jiff::Timestamp;
 use tokio::time::Instant;
 
 pub use batch::{Answer, BatchSettings, Describer, Reply, describe_all};
-pub use client::Ec2Region;
 use client::single_attempt;
+pub use client::{Ec2Region, Regions};
 pub use errors::{kind_of_code, not_found_ids};
 pub use limits::{Family, Limits, Rate, TokenBucket};
 pub use observe::{observe_instances, sighting};
 pub use ownership::{
     TAG_CLUSTER, TAG_LAUNCH, TAG_NAME, TAG_NAMESPACE, TAG_UID, TAG_VOLUME, VOLUME_DATA, VOLUME_ROOT,
 };
-pub use state::{classify_instance, classify_missing};
+pub use reads::Read;
+pub use seen::Seen;
+pub use state::{classify, classify_instance, classify_missing};
 
 use crate::api::{
     Ec2Spec, ReclaimPolicy, Runtime, SpotInterruptionBehavior, Workspace, WorkspaceStatus,
@@ -63,12 +67,11 @@ pub struct Ec2Settings {
     pub batch: BatchSettings,
 }
 
-/// The EC2 backend, with one client per region.
+/// The EC2 backend, with one client per region and one batcher of reads.
 pub struct Ec2Backend {
-    base: aws_sdk_ec2::Config,
     settings: Ec2Settings,
-    limits: Arc<Limits>,
-    clients: Mutex<HashMap<String, Ec2Region>>,
+    regions: Arc<Regions>,
+    reads: reads::Reads,
     /// When each data volume was first proven absent; see `volume.rs`.
     volumes_missing: Mutex<HashMap<String, std::time::Instant>>,
     /// Reads the user data Secret a launch names.
@@ -82,11 +85,12 @@ impl Ec2Backend {
         limits: Arc<Limits>,
         kube: kube::Client,
     ) -> Self {
+        let regions = Arc::new(Regions::new(base, limits, settings.batch.max_in_flight));
+        let reads = reads::reads(regions.clone(), settings.batch, settings.cluster.clone());
         Ec2Backend {
-            base,
             settings,
-            limits,
-            clients: Mutex::new(HashMap::new()),
+            regions,
+            reads,
             volumes_missing: Mutex::new(HashMap::new()),
             kube,
         }
@@ -98,6 +102,68 @@ impl Ec2Backend {
 
     fn client(&self, spec: &Ec2Spec, status: &WorkspaceStatus) -> Ec2Region {
         self.region(self.region_of(spec, status))
+    }
+
+    /// The client and rate limits of one region.
+    pub fn region(&self, region: &str) -> Ec2Region {
+        self.regions.region(region)
+    }
+
+    /// How long a read of a launch or teardown may wait for its answer: a
+    /// listing, then at most a confirmation by id.
+    fn read_deadline(&self) -> Instant {
+        Instant::now() + self.settings.batch.probe_timeout * 3
+    }
+
+    /// One instance, through the batcher: `None` if EC2, asked about it by
+    /// id, says it does not exist (right after a launch: not yet).
+    async fn instance(&self, region: &str, id: &str) -> Result<Option<Seen>, CallError> {
+        let read = Read::Instance {
+            region: region.to_owned(),
+            id: id.to_owned(),
+        };
+        let (mut answers, _) = self
+            .reads
+            .ask(vec![read.clone()], self.read_deadline())
+            .await;
+        match answers.remove(&read).map(|a| a.reply) {
+            Some(Reply::Found(seen)) => Ok(Some(seen)),
+            Some(Reply::NotFound) => Ok(None),
+            Some(Reply::Failed(e)) => Err(e),
+            Some(Reply::Owned(_)) | None => Err(batch::unanswered(format!(
+                "no answer about {id} within the deadline"
+            ))),
+        }
+    }
+
+    /// Every instance tagged as this Workspace's, through the batcher.
+    async fn owned_instances(
+        &self,
+        region: &str,
+        owner: &Owner<'_>,
+    ) -> Result<Vec<Seen>, CallError> {
+        let read = Read::Owned {
+            region: region.to_owned(),
+            uid: owner.uid.to_owned(),
+        };
+        let (mut answers, _) = self
+            .reads
+            .ask(vec![read.clone()], self.read_deadline())
+            .await;
+        let found = match answers.remove(&read).map(|a| a.reply) {
+            Some(Reply::Owned(seen)) => seen,
+            Some(Reply::Failed(e)) => return Err(e),
+            _ => {
+                return Err(batch::unanswered(
+                    "no answer about the Workspace's instances within the deadline",
+                ));
+            }
+        };
+        // The batch asked for tend's cluster; another's owner is not ours.
+        Ok(found
+            .into_iter()
+            .filter(|s| s.cluster.as_deref() == Some(owner.cluster))
+            .collect())
     }
 }
 
@@ -142,14 +208,26 @@ impl Backend for Ec2Backend {
     }
 
     async fn observe(&self, probes: &[Probe], deadline: Instant) -> Observed {
-        observe_instances(
-            self,
-            probes,
-            self.settings.batch,
-            self.settings.not_found_grace,
-            deadline,
-        )
-        .await
+        let reads = probes
+            .iter()
+            .map(|p| Read::Instance {
+                region: p.location.clone(),
+                id: p.id.clone(),
+            })
+            .collect();
+        let (answers, calls) = self.reads.ask(reads, deadline).await;
+        let now = Timestamp::now();
+        let sightings = probes
+            .iter()
+            .map(|p| {
+                let read = Read::Instance {
+                    region: p.location.clone(),
+                    id: p.id.clone(),
+                };
+                sighting(p, answers.get(&read), self.settings.not_found_grace, now)
+            })
+            .collect();
+        Observed { sightings, calls }
     }
 
     async fn provision(&self, ws: &Workspace) -> Result<Step, BackendError> {

@@ -45,13 +45,10 @@ pub fn sighting(
     };
     let asked_at = answer.asked_at;
     match &answer.reply {
-        Reply::Found(instance) => Sighting {
-            observation: classify_instance(instance, probe.volume_id.as_deref()),
+        Reply::Found(seen) => Sighting {
+            observation: classify(seen, probe.volume_id.as_deref()),
             asked_at,
-            zone: instance
-                .placement()
-                .and_then(|p| p.availability_zone())
-                .map(str::to_owned),
+            zone: seen.zone.clone(),
             absent: false,
             holds_for: None,
         },
@@ -71,6 +68,7 @@ pub fn sighting(
                 holds_for: None,
             }
         }
-        Reply::Failed(error) => Sighting::unknown(error.clone(), asked_at),
+        Reply::Failed(error) => Sighting::unknown(error.to_string(), asked_at),
+        Reply::Owned(_) => Sighting::unknown("asked about by owner, not by id", asked_at),
     }
 }

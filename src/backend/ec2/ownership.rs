@@ -82,7 +82,18 @@ impl Owner<'_> {
                 .find(|t| t.key() == Some(key))
                 .and_then(|t| t.value())
         };
-        let problem = match (tag(TAG_UID), tag(TAG_CLUSTER)) {
+        self.check_marks(resource, tag(TAG_UID), tag(TAG_CLUSTER))
+    }
+
+    /// Refuses unless `uid` and `cluster`, the resource's ownership tags,
+    /// are this Workspace's.
+    pub fn check_marks(
+        &self,
+        resource: &str,
+        uid: Option<&str>,
+        cluster: Option<&str>,
+    ) -> Result<(), BackendError> {
+        let problem = match (uid, cluster) {
             (Some(uid), Some(cluster)) if uid == self.uid && cluster == self.cluster => {
                 return Ok(());
             }

@@ -1,6 +1,5 @@
 //! Launching: the instance on its data volume, attaching, starting and stopping.
 
-use super::describe::{describe_instance, listed};
 use super::volume::{DataVolume, is_token_mismatch, next_number};
 use super::*;
 
@@ -14,8 +13,8 @@ impl Ec2Backend {
         owner: &Owner<'_>,
     ) -> Result<Step, BackendError> {
         let client = self.client(spec, status);
+        let region = self.region_of(spec, status);
         let (Some(volume_id), Some(zone)) = (&status.volume_id, &status.availability_zone) else {
-            let region = self.region_of(spec, status);
             return self
                 .ensure_volume(&client, region, spec, status, owner)
                 .await;
@@ -27,12 +26,12 @@ impl Ec2Backend {
             // ClientToken makes RunInstances idempotent on EC2, but not every
             // endpoint honours it, so first look for an instance an earlier
             // attempt started.
-            if let Some(found) = find_launch(&client, owner, number).await? {
+            if let Some(found) = self.find_launch(region, owner, number).await? {
                 return Ok(found);
             }
             // No instance for a volume that is gone or someone else's.
             if let DataVolume::Confirming(why) = self
-                .check_data_volume(&client, volume_id, None, owner)
+                .check_data_volume(&client, region, volume_id, None, owner)
                 .await?
             {
                 return Ok(Step::Wait(why));
@@ -43,10 +42,10 @@ impl Ec2Backend {
                 .launch(&client, spec, owner, zone, number, user_data)
                 .await;
         };
-        let Some(instance) = describe_instance(&client, instance_id).await? else {
+        let Some(instance) = self.instance(region, instance_id).await? else {
             return Ok(Step::Wait(format!("{instance_id} is not visible yet")));
         };
-        match instance.state().and_then(|s| s.name()) {
+        match &instance.state {
             Some(InstanceStateName::Running) => {}
             Some(state) => return Ok(Step::Wait(format!("{instance_id} is {}", state.as_str()))),
             None => {
@@ -55,15 +54,12 @@ impl Ec2Backend {
                 );
             }
         }
-        if matches!(
-            classify_instance(&instance, Some(volume_id)),
-            Observation::Running
-        ) {
+        if matches!(classify(&instance, Some(volume_id)), Observation::Running) {
             return Ok(Step::Done);
         }
-        owner.check(instance_id, instance.tags())?;
+        instance.owned_by(owner)?;
         let volume = match self
-            .check_data_volume(&client, volume_id, Some(instance_id), owner)
+            .check_data_volume(&client, region, volume_id, Some(instance_id), owner)
             .await?
         {
             DataVolume::Usable(volume) => volume,
@@ -178,7 +174,7 @@ impl Ec2Backend {
             .instances()
             .first()
             .ok_or_else(|| CallError::malformed("RunInstances", "no instance"))?;
-        launched_record(instance, "RunInstances")
+        launched_record(&Seen::of(instance), "RunInstances")
     }
 
     /// Starts a stopped instance in place.
@@ -189,7 +185,9 @@ impl Ec2Backend {
         owner: &Owner<'_>,
     ) -> Result<(), BackendError> {
         let client = self.client(spec, status);
-        let id = self.owned_instance(&client, status, owner).await?;
+        let id = self
+            .owned_instance(self.region_of(spec, status), status, owner)
+            .await?;
         client
             .call(
                 Family::Mutate,
@@ -209,7 +207,9 @@ impl Ec2Backend {
         hibernate: bool,
     ) -> Result<(), BackendError> {
         let client = self.client(spec, status);
-        let id = self.owned_instance(&client, status, owner).await?;
+        let id = self
+            .owned_instance(self.region_of(spec, status), status, owner)
+            .await?;
         client
             .call(
                 Family::Mutate,
@@ -226,7 +226,7 @@ impl Ec2Backend {
 
     async fn owned_instance(
         &self,
-        client: &Ec2Region,
+        region: &str,
         status: &WorkspaceStatus,
         owner: &Owner<'_>,
     ) -> Result<String, BackendError> {
@@ -234,61 +234,40 @@ impl Ec2Backend {
             .instance_id
             .clone()
             .ok_or_else(|| BackendError::Invalid("no instance recorded".into()))?;
-        let instance = describe_instance(client, &id)
-            .await?
-            .ok_or_else(|| CallError {
-                operation: "DescribeInstances",
-                kind: ErrorKind::NotFound,
-                code: None,
-                message: format!("{id} not found"),
-            })?;
-        owner.check(&id, instance.tags())?;
+        let instance = self.instance(region, &id).await?.ok_or_else(|| CallError {
+            operation: "DescribeInstances",
+            kind: ErrorKind::NotFound,
+            code: None,
+            message: format!("{id} not found"),
+        })?;
+        instance.owned_by(owner)?;
         Ok(id)
+    }
+
+    /// An instance that an earlier attempt of launch `number` started.
+    async fn find_launch(
+        &self,
+        region: &str,
+        owner: &Owner<'_>,
+        number: u32,
+    ) -> Result<Option<Step>, BackendError> {
+        let number = number.to_string();
+        self.owned_instances(region, owner)
+            .await?
+            .iter()
+            .find(|i| i.launch.as_deref() == Some(number.as_str()) && !i.ending())
+            .map(|i| launched_record(i, "DescribeInstances"))
+            .transpose()
     }
 }
 
-/// An instance that an earlier attempt of launch `number` started.
-async fn find_launch(
-    client: &Ec2Region,
-    owner: &Owner<'_>,
-    number: u32,
-) -> Result<Option<Step>, BackendError> {
-    let out = client
-        .call(
-            Family::Read,
-            "DescribeInstances",
-            client
-                .describe_instances()
-                .set_filters(Some(owned_by(owner)))
-                .filters(tag_filter(TAG_LAUNCH, &number.to_string()))
-                .send(),
-        )
-        .await?;
-    let alive = listed(out.reservations()).find(|i| {
-        !matches!(
-            i.state().and_then(|s| s.name()),
-            Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
-        )
-    });
-    alive
-        .map(|i| launched_record(i, "DescribeInstances"))
-        .transpose()
-}
-
-fn launched_record(
-    instance: &aws_sdk_ec2::types::Instance,
-    operation: &'static str,
-) -> Result<Step, BackendError> {
-    let id = instance
-        .instance_id()
-        .ok_or_else(|| CallError::malformed(operation, "instance without id"))?;
-    let at = instance
-        .launch_time()
-        .and_then(|t| Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok())
-        .unwrap_or_else(Timestamp::now);
+fn launched_record(seen: &Seen, operation: &'static str) -> Result<Step, BackendError> {
+    if seen.id.is_empty() {
+        return Err(CallError::malformed(operation, "instance without id").into());
+    }
     Ok(Step::Record(Record::Launched {
-        id: id.to_owned(),
-        at,
+        id: seen.id.clone(),
+        at: seen.launched_at.unwrap_or_else(Timestamp::now),
     }))
 }
 

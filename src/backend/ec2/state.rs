@@ -5,18 +5,28 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Instance, InstanceStateName};
 
+use super::Seen;
 use crate::core::{Halt, Observation};
 
 /// Classifies one described instance. `Running` needs the data volume attached
 /// too: a workspace without its data is not ready.
 pub fn classify_instance(instance: &Instance, data_volume: Option<&str>) -> Observation {
-    let id = instance.instance_id().unwrap_or("instance");
-    let Some(state) = instance.state().and_then(|s| s.name()) else {
+    classify(&Seen::of(instance), data_volume)
+}
+
+/// Classifies what tend kept of a described instance; see [`classify_instance`].
+pub fn classify(seen: &Seen, data_volume: Option<&str>) -> Observation {
+    let id = if seen.id.is_empty() {
+        "instance"
+    } else {
+        &seen.id
+    };
+    let Some(state) = &seen.state else {
         return Observation::Unknown {
             error: format!("{id}: DescribeInstances answer has no state"),
         };
     };
-    let code = instance.state_reason().and_then(|r| r.code());
+    let code = seen.reason.as_deref();
     let said = || match code {
         Some(code) => format!("{id} is {} ({code})", state.as_str()),
         None => format!("{id} is {}", state.as_str()),
@@ -26,7 +36,7 @@ pub fn classify_instance(instance: &Instance, data_volume: Option<&str>) -> Obse
             detail: format!("{id} is pending"),
         },
         InstanceStateName::Running => match data_volume {
-            Some(vol) if !has_volume(instance, vol) => Observation::Pending {
+            Some(vol) if !seen.volumes.iter().any(|v| v == vol) => Observation::Pending {
                 detail: format!("{id} is running; volume {vol} is not attached yet"),
             },
             _ => Observation::Running,
@@ -67,13 +77,6 @@ pub fn classify_missing(id: &str, launched_ago: Option<Duration>, grace: Duratio
             format!("{id} no longer exists"),
         ),
     }
-}
-
-fn has_volume(instance: &Instance, volume_id: &str) -> bool {
-    instance
-        .block_device_mappings()
-        .iter()
-        .any(|m| m.ebs().and_then(|e| e.volume_id()) == Some(volume_id))
 }
 
 /// Condition reason for an instance that stopped.

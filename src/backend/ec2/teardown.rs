@@ -3,7 +3,6 @@
 
 use aws_sdk_ec2::types::VolumeAttachmentState;
 
-use super::describe::{describe_instance, tagged_instances};
 use super::volume::{tagged_data_volumes, volume_by_id};
 use super::*;
 
@@ -27,19 +26,20 @@ impl Ec2Backend {
         skipped: &mut Vec<String>,
     ) -> Result<Step, BackendError> {
         let client = self.client(spec, status);
-        let mut instances = tagged_instances(&client, owner).await?;
+        let region = self.region_of(spec, status);
+        let mut instances = self.owned_instances(region, owner).await?;
         if let Some(id) = &status.instance_id
-            && !instances.iter().any(|i| i.instance_id() == Some(id))
-            && let Some(recorded) = describe_instance(&client, id).await?
+            && !instances.iter().any(|i| &i.id == id)
+            && let Some(recorded) = self.instance(region, id).await?
         {
             instances.push(recorded);
         }
         let mut waiting = Vec::new();
         let mut own = Vec::new();
         for instance in &instances {
-            let id = instance.instance_id().unwrap_or_default();
-            let state = instance.state().and_then(|s| s.name());
-            let owned = owner.check(id, instance.tags());
+            let id = instance.id.as_str();
+            let state = instance.state.as_ref();
+            let owned = instance.owned_by(owner);
             if owned.is_ok() {
                 own.push(id);
             }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use aws_sdk_ec2::types::VolumeAttachmentState;
 use tracing::warn;
 
-use super::describe::{describe_instance, describe_volume};
+use super::describe::describe_volume;
 use super::ownership::is_data_volume;
 use super::*;
 
@@ -86,6 +86,7 @@ impl Ec2Backend {
     pub(super) async fn check_data_volume(
         &self,
         client: &Ec2Region,
+        region: &str,
         volume_id: &str,
         recorded: Option<&str>,
         owner: &Owner<'_>,
@@ -113,9 +114,10 @@ impl Ec2Backend {
             }
             // An earlier instance of this Workspace (still shutting down) is
             // fine; anyone else's is not, and is never touched.
-            let owned = describe_instance(client, instance)
+            let owned = self
+                .instance(region, instance)
                 .await?
-                .is_some_and(|i| owner.check(instance, i.tags()).is_ok());
+                .is_some_and(|i| i.owned_by(owner).is_ok());
             if !owned {
                 return Err(BackendError::VolumeInUse {
                     volume: volume_id.to_owned(),

@@ -66,7 +66,7 @@ impl Describer for Scripted {
         self.bucket.clone()
     }
 
-    async fn describe(&self, region: &str, ids: &[String]) -> Result<Vec<Instance>, CallError> {
+    async fn describe(&self, region: &str, ids: &[String]) -> Result<Vec<Seen>, CallError> {
         self.sizes.lock().unwrap().push(ids.len());
         let mut listed = self.answer(region, ids).await?;
         // A listing that leaves out what exists, as a broken proxy or a
@@ -77,14 +77,10 @@ impl Describer for Scripted {
                 .iter()
                 .any(|o| Some(o.as_str()) == i.instance_id())
         });
-        Ok(listed)
+        Ok(listed.iter().map(Seen::of).collect())
     }
 
-    async fn describe_named(
-        &self,
-        region: &str,
-        ids: &[String],
-    ) -> Result<Vec<Instance>, CallError> {
+    async fn describe_named(&self, region: &str, ids: &[String]) -> Result<Vec<Seen>, CallError> {
         self.named.lock().unwrap().push(ids.to_vec());
         let listed = self.answer(region, ids).await?;
         let mut unknown: Vec<&str> = ids
@@ -93,7 +89,7 @@ impl Describer for Scripted {
             .filter(|id| !listed.iter().any(|i| i.instance_id() == Some(*id)))
             .collect();
         if unknown.is_empty() {
-            return Ok(listed);
+            return Ok(listed.iter().map(Seen::of).collect());
         }
         // EC2 names every unknown id; moto only the first.
         if self.name_first_only {

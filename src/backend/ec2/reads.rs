@@ -1,0 +1,175 @@
+//! The one batcher of EC2 reads. The sweep's describes, a reconcile's look,
+//! a launch's check on its instance, a teardown's search for what a
+//! Workspace owns: each is a question to [`Reads`], and questions that come
+//! close together go out as one describe per region and batch, with the
+//! same timeouts, rate limits, bisection and proof of absence.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::join_all;
+use jiff::Timestamp;
+use tokio::time::Instant;
+
+use super::batch::unanswered;
+use super::{Answer, BatchSettings, Regions, Reply, describe_all};
+use crate::backend::batcher::{Batcher, Window};
+use crate::backend::{CallStats, ErrorKind};
+
+/// One thing to read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Read {
+    /// An instance, by its id.
+    Instance { region: String, id: String },
+    /// The instances tagged with a Workspace's uid (in tend's cluster).
+    Owned { region: String, uid: String },
+}
+
+pub type Reads = Batcher<Read, Answer, CallStats>;
+
+/// How long a window of reads stays open. A lone look waits at most
+/// `MAX_WAIT` for company; that is far below any interval tend acts on.
+const IDLE: Duration = Duration::from_millis(50);
+const MAX_WAIT: Duration = Duration::from_millis(500);
+
+/// The batcher of every EC2 read; a window closes at once when it holds a
+/// full batch.
+pub fn reads(regions: Arc<Regions>, batch: BatchSettings, cluster: String) -> Reads {
+    let window = Window {
+        idle: IDLE,
+        max_wait: MAX_WAIT,
+        max_items: batch.batch_size.max(1),
+    };
+    Batcher::new(
+        window,
+        Arc::new(move |items, deadline| {
+            let regions = regions.clone();
+            let cluster = cluster.clone();
+            async move { read_all(&regions, items, batch, &cluster, deadline).await }.boxed()
+        }),
+    )
+}
+
+/// One round: the instances asked about by id through [`describe_all`],
+/// the owners' instances by their uid tags, side by side.
+async fn read_all(
+    regions: &Regions,
+    items: Vec<Read>,
+    batch: BatchSettings,
+    cluster: &str,
+    deadline: Instant,
+) -> (HashMap<Read, Answer>, CallStats) {
+    let mut ids: HashMap<String, Vec<String>> = HashMap::new();
+    let mut owners: HashMap<String, Vec<String>> = HashMap::new();
+    for item in items {
+        match item {
+            Read::Instance { region, id } => ids.entry(region).or_default().push(id),
+            Read::Owned { region, uid } => owners.entry(region).or_default().push(uid),
+        }
+    }
+    let by_id = async {
+        if ids.is_empty() {
+            return (HashMap::new(), CallStats::default());
+        }
+        describe_all(regions, &ids, batch, deadline).await
+    };
+    let ((found, mut stats), (owned, owned_stats)) =
+        futures::join!(by_id, owned_all(regions, &owners, batch, cluster, deadline));
+    stats.add(&owned_stats);
+    let mut answers = HashMap::with_capacity(found.len() + owned.len());
+    for (region, ids) in ids {
+        for id in ids {
+            if let Some(answer) = found.get(&id) {
+                answers.insert(
+                    Read::Instance {
+                        region: region.clone(),
+                        id,
+                    },
+                    answer.clone(),
+                );
+            }
+        }
+    }
+    answers.extend(owned);
+    (answers, stats)
+}
+
+/// The instances of each owner, in batches of uids per region; a batch
+/// that fails leaves its owners without a clean answer.
+async fn owned_all(
+    regions: &Regions,
+    owners: &HashMap<String, Vec<String>>,
+    batch: BatchSettings,
+    cluster: &str,
+    deadline: Instant,
+) -> (HashMap<Read, Answer>, CallStats) {
+    let rounds = owners.iter().flat_map(|(region, uids)| {
+        uids.chunks(batch.batch_size.max(1))
+            .map(move |chunk| owned_batch(regions, region, chunk, batch, cluster))
+    });
+    let done = tokio::time::timeout_at(deadline, join_all(rounds)).await;
+    let mut answers = HashMap::new();
+    let mut stats = CallStats::default();
+    let Ok(done) = done else {
+        stats.timed_out += 1;
+        return (answers, stats);
+    };
+    for (region, uids, asked_at, result) in done {
+        let reply = |uid: &String| match &result {
+            Ok(seen) => Reply::Owned(
+                seen.iter()
+                    .filter(|s| s.uid.as_ref() == Some(uid))
+                    .cloned()
+                    .collect(),
+            ),
+            Err(e) => Reply::Failed(e.clone()),
+        };
+        match &result {
+            Ok(_) => stats.ok += 1,
+            Err(e) if e.kind == ErrorKind::Throttled => stats.throttled += 1,
+            Err(_) => stats.failed += 1,
+        }
+        for uid in uids {
+            let answer = Answer {
+                asked_at,
+                reply: reply(&uid),
+            };
+            answers.insert(
+                Read::Owned {
+                    region: region.to_owned(),
+                    uid,
+                },
+                answer,
+            );
+        }
+    }
+    (answers, stats)
+}
+
+async fn owned_batch<'a>(
+    regions: &Regions,
+    region: &'a str,
+    uids: &[String],
+    batch: BatchSettings,
+    cluster: &str,
+) -> (
+    &'a str,
+    Vec<String>,
+    Timestamp,
+    Result<Vec<super::Seen>, crate::backend::CallError>,
+) {
+    let _slot = regions.slots.acquire().await.ok();
+    regions.read_bucket(region).acquire().await;
+    let asked_at = Timestamp::now();
+    let call = regions.describe_owned(region, uids, cluster);
+    let result = match tokio::time::timeout(batch.probe_timeout, call).await {
+        Ok(result) => result,
+        Err(_) => Err(unanswered(format!(
+            "timed out after {:?}",
+            batch.probe_timeout
+        ))),
+    };
+    (region, uids.to_vec(), asked_at, result)
+}
