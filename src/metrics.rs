@@ -180,6 +180,15 @@ impl Metrics {
             .inc();
     }
 
+    /// A reconcile that stopped at once: nothing had changed since its last quiet one.
+    pub fn unchanged(&self) {
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                result: "unchanged",
+            })
+            .inc();
+    }
+
     pub fn transition(&self, to: Phase) {
         self.transitions
             .get_or_create(&PhaseLabels { phase: to.as_str() })

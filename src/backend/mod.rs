@@ -233,6 +233,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The note that announces a finished teardown.
     fn released(&self, ws: &Workspace) -> String;
+
+    /// Drops whatever the backend keeps in memory about a Workspace that
+    /// is gone.
+    fn forget(&self, _ws: &Workspace) {}
 }
 
 /// The registered runtimes. Adding one is one `register` call.

@@ -9,7 +9,7 @@ use super::{Observation, elapsed};
 use crate::api::{Phase, WorkspaceStatus};
 
 /// What the circuit breaker says about acting on a NotRunning answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Hold {
     /// Act on the answer.
     None,

@@ -96,8 +96,17 @@ pub(super) async fn apply(
     };
     let gate = restart::gate(&history, now, ctx.settings.restart_backoff);
     let has_backend = old.backend_id().is_some();
+    // One snapshot for the whole reconcile: the quiet note below must name
+    // the answer this reconcile acted on, not a newer one.
+    let snapshot = ctx.snapshot.borrow().clone();
+    if has_backend
+        && let Some(left) = ctx.first_sweep_due(backend, &old, forced(ws, &old), &snapshot)
+    {
+        debug!(workspace = %name, namespace = %ns, "waiting for the first sweep's answer");
+        return Ok(Requeue::requeue(left));
+    }
     let look = if has_backend {
-        Some(look(ws, ctx, backend, &old, now).await)
+        Some(look(ws, ctx, backend, &old, now, &snapshot).await)
     } else {
         None
     };
@@ -195,6 +204,7 @@ pub(super) async fn apply(
     if failed_look && !backend.swept() {
         requeue = requeue.min(ctx.settings.progress_interval);
     }
+    let idle = plan.action == Action::None;
     match execute(ws, backend, &old, plan).await? {
         Ok(Step::Record(r)) => {
             outcome.record = Some(r);
@@ -215,7 +225,15 @@ pub(super) async fn apply(
             fail(&mut outcome, phase, plan.action, e, ctx, ws, backend);
         }
     }
-    commit(ws, ctx, api, &old, outcome).await?;
+    let wrote = commit(ws, ctx, api, &old, outcome).await?;
+    // Nothing done, nothing written, no timer of its own, and the sweep
+    // watches it: until an input changes, the resync has nothing to do
+    // here. What the sweep does not cover (Stopped, Failed) is looked at
+    // again on the resync, through the same batcher.
+    let swept = crate::sweep::target(ws, &ctx.backends).is_some();
+    if idle && !wrote && swept && requeue >= ctx.settings.resync_interval {
+        ctx.quiet(ws, &snapshot);
+    }
     Ok(Requeue::requeue(requeue))
 }
 

@@ -76,5 +76,9 @@ pub(super) async fn cleanup(
 /// Announces a release once the finalizer removal is persisted.
 pub(super) async fn announce(ws: &Workspace, ctx: &Context, released: Released) {
     publish(ctx, ws, normal("Released", released.note, "Teardown")).await;
+    ctx.forget(&ws.uid().unwrap_or_default());
+    if let Some(backend) = ctx.backend(ws) {
+        backend.forget(ws);
+    }
     info!(workspace = %ws.name_any(), namespace = ?ws.namespace(), "released");
 }

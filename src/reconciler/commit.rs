@@ -31,7 +31,7 @@ pub(super) async fn commit(
     api: &Api<Workspace>,
     old: &WorkspaceStatus,
     outcome: Outcome,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let now = Timestamp::now();
     let from = old.phase.unwrap_or(Phase::Pending);
     let mut new = old.clone();
@@ -79,7 +79,7 @@ pub(super) async fn commit(
     });
     new.conditions = conditions::settle(wanted, &old.conditions, ws.metadata.generation, now);
     if &new == old {
-        return Ok(());
+        return Ok(false);
     }
     status::write(api, ws, old, &new).await?;
 
@@ -109,7 +109,7 @@ pub(super) async fn commit(
         }
         info!(workspace = %ws.name_any(), namespace = ?ws.namespace(), from = %from, to = %outcome.phase, "phase changed");
     }
-    Ok(())
+    Ok(true)
 }
 
 /// `status.observation` holds the last clean answer; its time (when the call

@@ -30,11 +30,11 @@ pub(super) async fn look(
     backend: &dyn Backend,
     old: &WorkspaceStatus,
     now: Timestamp,
+    snapshot: &Snapshot,
 ) -> Look {
     let uid = ws.uid().unwrap_or_default();
     let refresh = ws.annotations().get(REFRESH_ANNOTATION);
-    let forced = refresh.is_some_and(|v| old.handled_refresh.as_ref() != Some(v));
-    let snapshot = ctx.snapshot.borrow().clone();
+    let forced = forced(ws, old);
     let entry = snapshot.get(&uid);
     if let Some(entry) = entry
         && trust_sweep(
@@ -91,6 +91,13 @@ pub(super) async fn look(
         refresh_handled: if forced { refresh.cloned() } else { None },
         holds_for: seen.holds_for,
     }
+}
+
+/// Whether `tend.dev/refresh` has a value no look has answered yet.
+pub(super) fn forced(ws: &Workspace, old: &WorkspaceStatus) -> bool {
+    ws.annotations()
+        .get(REFRESH_ANNOTATION)
+        .is_some_and(|v| old.handled_refresh.as_ref() != Some(v))
 }
 
 /// `Ready=Unknown` when the answer cannot be trusted yet, or is too old. Both

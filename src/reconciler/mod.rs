@@ -8,6 +8,7 @@ mod commit;
 mod conditions;
 mod execute;
 mod look;
+mod quiet;
 mod status;
 
 use std::collections::HashMap;
@@ -33,7 +34,8 @@ use cleanup::cleanup;
 use commit::commit;
 use conditions::Problem;
 use execute::{execute, fail, input_missing};
-use look::{look, uncertainty};
+use look::{forced, look, uncertainty};
+use quiet::Quiet;
 
 use crate::api::{
     self, FINALIZER, ObservationRecord, Phase, REFRESH_ANNOTATION, RETRY_ANNOTATION, RestartPolicy,
@@ -77,6 +79,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// The last quiet reconcile of each Workspace; see `quiet.rs`.
+    quiet: Mutex<HashMap<String, Quiet>>,
+    started: std::time::Instant,
 }
 
 impl Context {
@@ -96,6 +101,8 @@ impl Context {
             metrics,
             snapshot,
             failures: Mutex::new(HashMap::new()),
+            quiet: Mutex::new(HashMap::new()),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -180,6 +187,17 @@ pub async fn run(
     wake: impl futures::Stream<Item = ObjectRef<Workspace>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let store = controller.store();
+    let pruning = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(ctx.settings.resync_interval);
+            loop {
+                every.tick().await;
+                ctx.prune(&store);
+            }
+        })
+    };
     controller
         .reconcile_on(wake)
         .graceful_shutdown_on(shutdown)
@@ -194,9 +212,15 @@ pub async fn run(
             }
         })
         .await;
+    pruning.abort();
 }
 
 async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    // The safety resync of a settled Workspace whose inputs did not change.
+    if ctx.unchanged(&ws) {
+        ctx.metrics.unchanged();
+        return Ok(Requeue::requeue(ctx.settings.resync_interval));
+    }
     let ns = ws.namespace().unwrap_or_default();
     let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &ns);
     let released = OnceLock::new();

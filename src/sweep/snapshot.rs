@@ -31,11 +31,28 @@ pub struct Entry {
 impl Entry {
     /// Whether the reconciler should see a change compared to `old`.
     pub fn differs_for_reconciler(&self, old: &Entry) -> bool {
-        self.backend_id != old.backend_id
-            || self.observation.state_name() != old.observation.state_name()
-            || not_running_reason(&self.observation) != not_running_reason(&old.observation)
-            || self.stale != old.stale
-            || self.hold != old.hold
+        self.seen_by_reconciler() != old.seen_by_reconciler()
+    }
+
+    /// A digest of what the reconciler sees of this answer: equal digests,
+    /// nothing new for it (up to a 64-bit collision).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.seen_by_reconciler().hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// What the reconciler acts on. Not the times: an answer asked again,
+    /// and the same, is no news.
+    fn seen_by_reconciler(&self) -> (&str, Option<&str>, Option<&str>, bool, Hold) {
+        (
+            &self.backend_id,
+            self.observation.state_name(),
+            not_running_reason(&self.observation),
+            self.stale,
+            self.hold,
+        )
     }
 }
 

@@ -72,6 +72,8 @@ pub struct Ec2Backend {
     settings: Ec2Settings,
     regions: Arc<Regions>,
     reads: reads::Reads,
+    /// Instances just described, for the launch step that follows a look.
+    recent: reads::Recent,
     /// When each data volume was first proven absent; see `volume.rs`.
     volumes_missing: Mutex<HashMap<String, std::time::Instant>>,
     /// Reads the user data Secret a launch names.
@@ -91,6 +93,7 @@ impl Ec2Backend {
             settings,
             regions,
             reads,
+            recent: reads::Recent::default(),
             volumes_missing: Mutex::new(HashMap::new()),
             kube,
         }
@@ -118,6 +121,9 @@ impl Ec2Backend {
     /// One instance, through the batcher: `None` if EC2, asked about it by
     /// id, says it does not exist (right after a launch: not yet).
     async fn instance(&self, region: &str, id: &str) -> Result<Option<Seen>, CallError> {
+        if let Some(seen) = self.recent.get(id) {
+            return Ok(Some(seen));
+        }
         let read = Read::Instance {
             region: region.to_owned(),
             id: id.to_owned(),
@@ -216,6 +222,7 @@ impl Backend for Ec2Backend {
             })
             .collect();
         let (answers, calls) = self.reads.ask(reads, deadline).await;
+        self.recent.keep(answers.values());
         let now = Timestamp::now();
         let sightings = probes
             .iter()
@@ -272,6 +279,15 @@ impl Backend for Ec2Backend {
         match ws.status.as_ref().and_then(|s| s.volume_id.as_ref()) {
             Some(v) => format!("instance terminated; data volume {v} {kept}"),
             None => "nothing left to release".to_owned(),
+        }
+    }
+
+    fn forget(&self, ws: &Workspace) {
+        if let Some(volume) = ws.status.as_ref().and_then(|s| s.volume_id.as_ref()) {
+            self.volumes_missing
+                .lock()
+                .expect("missing volumes lock")
+                .remove(volume);
         }
     }
 }

@@ -5,7 +5,7 @@
 //! same timeouts, rate limits, bisection and proof of absence.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -31,8 +31,8 @@ pub type Reads = Batcher<Read, Answer, CallStats>;
 
 /// How long a window of reads stays open. A lone look waits at most
 /// `MAX_WAIT` for company; that is far below any interval tend acts on.
-const IDLE: Duration = Duration::from_millis(50);
-const MAX_WAIT: Duration = Duration::from_millis(500);
+const IDLE: Duration = Duration::from_millis(100);
+const MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// The batcher of every EC2 read; a window closes at once when it holds a
 /// full batch.
@@ -172,4 +172,43 @@ async fn owned_batch<'a>(
         ))),
     };
     (region, uids.to_vec(), asked_at, result)
+}
+
+/// Instances a look just described. A reconcile looks, then its launch
+/// step checks the same instance (is it running, is it tend's, is the
+/// volume attached); an answer this young serves that check instead of a
+/// second describe. Looks and sweeps never read it: their answers must be
+/// their own.
+#[derive(Default)]
+pub struct Recent {
+    kept: Mutex<HashMap<String, (Instant, super::Seen)>>,
+}
+
+impl Recent {
+    /// How long an answer serves.
+    const FOR: Duration = MAX_WAIT;
+    /// At most this many are kept: a sweep's answers do not all fit, and
+    /// need not.
+    const AT_MOST: usize = 4096;
+
+    pub fn keep<'a>(&self, answers: impl Iterator<Item = &'a Answer>) {
+        let mut kept = self.kept.lock().expect("recent lock");
+        let now = Instant::now();
+        kept.retain(|_, (at, _)| now.duration_since(*at) < Self::FOR);
+        for answer in answers {
+            if kept.len() >= Self::AT_MOST {
+                break;
+            }
+            if let Reply::Found(seen) = &answer.reply {
+                kept.insert(seen.id.clone(), (now, seen.clone()));
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<super::Seen> {
+        let kept = self.kept.lock().expect("recent lock");
+        kept.get(id)
+            .filter(|(at, _)| at.elapsed() < Self::FOR)
+            .map(|(_, seen)| seen.clone())
+    }
 }
