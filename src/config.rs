@@ -72,8 +72,10 @@ pub struct RunArgs {
     #[arg(long, env = "TEND_NOT_FOUND_GRACE", value_parser = duration, default_value = "5m")]
     pub not_found_grace: Duration,
 
-    /// How often a settled Workspace's backend is looked at again.
-    #[arg(long, env = "TEND_RESYNC_INTERVAL", value_parser = duration, default_value = "60s")]
+    /// Safety resync: how often a settled Workspace is reconciled again. One
+    /// whose inputs did not change costs nothing; one the sweep does not
+    /// cover (Stopped, Hibernated, Failed) is looked at again.
+    #[arg(long, env = "TEND_RESYNC_INTERVAL", value_parser = duration, default_value = "10m")]
     pub resync_interval: Duration,
 
     /// How soon to look again while a launch, start, stop or teardown is under way.

@@ -198,11 +198,12 @@ impl SimEc2 {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let admitted = self.server.lock().expect("server bucket").take();
         let failed = admitted && self.error_rate > 0.0 && self.draw() < self.error_rate;
+        let sent = tokio::time::Instant::now();
         tokio::time::sleep(self.latency).await;
         if !admitted {
             self.throttled.fetch_add(1, Ordering::Relaxed);
             // What the real backend does on a throttled answer.
-            self.read_bucket(region).drain();
+            self.read_bucket(region).drain(sent);
             return Err(CallError {
                 operation: "DescribeInstances",
                 kind: ErrorKind::Throttled,
@@ -467,6 +468,7 @@ fn targets(n: usize, launched_at: Timestamp) -> Vec<Target> {
             known_dead: false,
             uncertain_since: None,
             retry: None,
+            recorded: Some(("Running".into(), None)),
         })
         .collect()
 }

@@ -5,10 +5,11 @@
 //! The window closes when no question has come for `idle`, when it has been
 //! open for `max_wait`, or at once when it holds `max_items`; its distinct
 //! items then go to the backend's read as one round, and each asker gets the
-//! answers to its own items. A sweep of thousands of ids fills a window by
-//! itself and goes out at once; a reconcile's look waits at most `max_wait`
-//! for company. Rounds run side by side: the backend's own rate limits and
-//! in-flight bound pace the calls, not the batcher.
+//! answers to its own items. A question that fills a window by itself (a
+//! sweep of thousands of ids) goes out at once in a round of its own, so that
+//! no small question waits for a long round to end; a reconcile's look waits
+//! at most `max_wait` for company. Rounds run side by side: the backend's own
+//! rate limits and in-flight bound pace the calls, not the batcher.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
@@ -31,7 +32,8 @@ pub struct Window {
 }
 
 /// One round of the backend's read: the distinct items of a window, and the
-/// latest deadline among their askers. Items without an answer are left out.
+/// latest deadline among their askers, by which it returns what it has.
+/// Items without an answer are left out.
 pub type Read<Q, A, S> =
     Arc<dyn Fn(Vec<Q>, Instant) -> BoxFuture<'static, (HashMap<Q, A>, S)> + Send + Sync>;
 
@@ -87,12 +89,17 @@ where
         if self.questions.send(question).is_err() {
             return (HashMap::new(), S::default());
         }
-        match tokio::time::timeout_at(deadline, answer).await {
+        // The read returns what it has by the round's deadline; the grace
+        // lets those answers reach an asker whose deadline that was.
+        match tokio::time::timeout_at(deadline + REPLY_GRACE, answer).await {
             Ok(Ok(answered)) => answered,
             _ => (HashMap::new(), S::default()),
         }
     }
 }
+
+/// How long after its deadline an asker still waits for the round's reply.
+const REPLY_GRACE: Duration = Duration::from_millis(250);
 
 /// Gathers questions into windows and sends each window's round off.
 async fn collect<Q, A, S>(
@@ -104,14 +111,26 @@ async fn collect<Q, A, S>(
     A: Clone + Send + 'static,
     S: Clone + Send + 'static,
 {
+    let max_items = window.max_items.max(1);
     while let Some(first) = questions.recv().await {
+        if first.items.len() >= max_items {
+            let mut alone = Round::default();
+            alone.join(first);
+            tokio::spawn(alone.send(read.clone()));
+            continue;
+        }
         let opened = Instant::now();
         let mut last = opened;
         let mut round = Round::default();
         round.join(first);
-        while round.items.len() < window.max_items.max(1) {
+        while round.items.len() < max_items {
             let close = (last + window.idle).min(opened + window.max_wait);
             match tokio::time::timeout_at(close, questions.recv()).await {
+                Ok(Some(question)) if question.items.len() >= max_items => {
+                    let mut alone = Round::default();
+                    alone.join(question);
+                    tokio::spawn(alone.send(read.clone()));
+                }
                 Ok(Some(question)) => {
                     round.join(question);
                     last = Instant::now();
@@ -167,15 +186,17 @@ where
         let Round {
             items,
             deadline,
-            askers,
+            mut askers,
             ..
         } = self;
-        // An asker that gave up has no one left to read the answer.
-        if askers.iter().all(|a| a.reply.is_closed()) {
-            return;
-        }
         let deadline = deadline.unwrap_or_else(Instant::now);
-        let (answers, report) = read(items, deadline).await;
+        // Once every asker has given up (a cancelled sweep), no one is left
+        // to read the answers: stop calling.
+        let all_gone = futures::future::join_all(askers.iter_mut().map(|a| a.reply.closed()));
+        let (answers, report) = tokio::select! {
+            done = read(items, deadline) => done,
+            _ = all_gone => return,
+        };
         for asker in askers {
             let mine = asker
                 .items
@@ -299,6 +320,63 @@ mod tests {
             .await;
         assert!(mine.is_empty());
         assert_eq!(reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_a_read_has_at_its_deadline_reaches_the_asker() {
+        // A read that answers half, then runs out of time, as a sweep does.
+        let partial: Read<u32, u32, ()> = Arc::new(|items: Vec<u32>, deadline| {
+            async move {
+                tokio::time::sleep_until(deadline).await;
+                (
+                    items.iter().filter(|i| **i < 5).map(|i| (*i, *i)).collect(),
+                    (),
+                )
+            }
+            .boxed()
+        });
+        let batcher = Batcher::new(window(), partial);
+        let (mine, ()) = batcher
+            .ask((0..10).collect(), Instant::now() + Duration::from_secs(2))
+            .await;
+        assert_eq!(mine.len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_question_that_fills_a_window_goes_out_alone() {
+        let rounds = Arc::new(Mutex::new(Vec::new()));
+        let batcher = Arc::new(Batcher::new(window(), doubling(rounds.clone())));
+        let small = {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.ask(vec![1000], far()).await })
+        };
+        tokio::task::yield_now().await;
+        let (big, _) = batcher.ask((0..150).collect(), far()).await;
+        assert_eq!(big.len(), 150);
+        assert_eq!(small.await.unwrap().0.len(), 1);
+        let rounds = rounds.lock().unwrap();
+        assert_eq!(rounds.len(), 2, "{rounds:?}");
+        assert!(rounds.iter().any(|r| r == &vec![1000]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_whose_askers_all_gave_up_stops_reading() {
+        let finished = Arc::new(AtomicUsize::new(0));
+        let done = finished.clone();
+        let slow: Read<u32, u32, ()> = Arc::new(move |items: Vec<u32>, _| {
+            let done = done.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                done.fetch_add(1, Ordering::SeqCst);
+                (items.iter().map(|i| (*i, *i)).collect(), ())
+            }
+            .boxed()
+        });
+        let batcher = Batcher::new(window(), slow);
+        let cancelled = tokio::time::timeout(Duration::from_secs(1), batcher.ask(vec![1], far()));
+        assert!(cancelled.await.is_err());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(finished.load(Ordering::SeqCst), 0, "the read went on");
     }
 
     #[tokio::test(start_paused = true)]

@@ -99,9 +99,7 @@ pub(super) async fn apply(
     // One snapshot for the whole reconcile: the quiet note below must name
     // the answer this reconcile acted on, not a newer one.
     let snapshot = ctx.snapshot.borrow().clone();
-    if has_backend
-        && let Some(left) = ctx.first_sweep_due(backend, &old, forced(ws, &old), &snapshot)
-    {
+    if has_backend && let Some(left) = ctx.first_sweep_due(ws, backend, &old, &snapshot) {
         debug!(workspace = %name, namespace = %ns, "waiting for the first sweep's answer");
         return Ok(Requeue::requeue(left));
     }
@@ -226,12 +224,13 @@ pub(super) async fn apply(
         }
     }
     let wrote = commit(ws, ctx, api, &old, outcome).await?;
-    // Nothing done, nothing written, no timer of its own, and the sweep
-    // watches it: until an input changes, the resync has nothing to do
-    // here. What the sweep does not cover (Stopped, Failed) is looked at
-    // again on the resync, through the same batcher.
-    let swept = crate::sweep::target(ws, &ctx.backends).is_some();
-    if idle && !wrote && swept && requeue >= ctx.settings.resync_interval {
+    // Nothing done, nothing written, no timer of its own, and acting on the
+    // sweep's answer as it stood: until the Workspace or that answer
+    // changes, the resync has nothing to do here. What the sweep does not
+    // cover (Stopped, Failed), and whatever a look of its own answered, is
+    // looked at again on the resync, through the same batcher.
+    let from_sweep = look.as_ref().is_some_and(|l| l.from_sweep);
+    if idle && !wrote && from_sweep && requeue >= ctx.settings.resync_interval {
         ctx.quiet(ws, &snapshot);
     }
     Ok(Requeue::requeue(requeue))

@@ -19,6 +19,8 @@ pub(super) struct Look {
     pub refresh_handled: Option<String>,
     /// A heartbeat's answer runs out after this long: look again then.
     pub holds_for: Option<Duration>,
+    /// The sweep's answer, trusted as it stood: nothing was asked.
+    pub from_sweep: bool,
 }
 
 /// The sweeper's answer where it may be trusted; otherwise, or when
@@ -57,6 +59,7 @@ pub(super) async fn look(
             await_sweep: false,
             refresh_handled: None,
             holds_for: None,
+            from_sweep: true,
         };
     }
     let seen = match backend.probe(ws) {
@@ -90,6 +93,7 @@ pub(super) async fn look(
         await_sweep: judged.await_sweep && backend.swept(),
         refresh_handled: if forced { refresh.cloned() } else { None },
         holds_for: seen.holds_for,
+        from_sweep: false,
     }
 }
 
@@ -176,6 +180,7 @@ mod tests {
             await_sweep: false,
             refresh_handled: None,
             holds_for: None,
+            from_sweep: false,
         }
     }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use kube::runtime::reflector::Store;
 
 use super::*;
+use crate::api::DesiredState;
 
 /// What a quiet reconcile saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,14 +39,22 @@ impl Quiet {
 
 impl Context {
     /// Whether the last reconcile of this very object, against the same
-    /// sweep answer, was quiet: nothing can have changed for it.
+    /// sweep answer, was quiet: nothing can have changed for it. Only while
+    /// the sweep keeps answering: should it stop (a wedged sweeper), the
+    /// note lapses after `--stale-after` and the reconciler looks itself.
     pub(super) fn unchanged(&self, ws: &Workspace) -> bool {
         let Some(uid) = ws.uid() else {
             return false;
         };
         let snapshot = self.snapshot.borrow().clone();
+        let answering = snapshot.get(&uid).is_some_and(|e| {
+            elapsed(e.last_clean_at, Timestamp::now())
+                .is_some_and(|age| age < self.settings.stale_after)
+        });
         let now = Quiet::of(ws, &snapshot);
-        now.is_some() && self.quiet.lock().expect("quiet lock").get(&uid) == now.as_ref()
+        answering
+            && now.is_some()
+            && self.quiet.lock().expect("quiet lock").get(&uid) == now.as_ref()
     }
 
     /// Notes a quiet reconcile of `ws`, made against `snapshot`.
@@ -77,18 +86,27 @@ impl Context {
 
     /// How much longer a settled Workspace waits for the first sweep's
     /// answer, if it should: only right after the start, only where a sweep
-    /// covers it, and not when a refresh asks for a look now. The bound is
-    /// two sweep periods: by then the first sweep has answered or run out
-    /// of time.
+    /// covers it, and only when nothing new is asked of it (a refresh, a
+    /// retry, a spec changed while tend was down, a stop): those act now.
+    /// The bound is two sweep periods: by then the first sweep has answered
+    /// or run out of time.
     pub(super) fn first_sweep_due(
         &self,
+        ws: &Workspace,
         backend: &dyn Backend,
         old: &WorkspaceStatus,
-        forced: bool,
         snapshot: &Snapshot,
     ) -> Option<Duration> {
         let settled = matches!(old.phase, Some(Phase::Online | Phase::Offline));
-        if snapshot.finished_at.is_some() || forced || !settled || !backend.swept() {
+        let asked = forced(ws, old)
+            || ws.spec.desired_state != DesiredState::Running
+            || old.observed_generation != ws.metadata.generation
+            || ws
+                .annotations()
+                .get(RETRY_ANNOTATION)
+                .is_some_and(|r| old.handled_retry.as_ref() != Some(r));
+        // An early sweep before the first full one keeps its number, 0.
+        if snapshot.sweep > 0 || asked || !settled || !backend.swept() {
             return None;
         }
         let bound = self

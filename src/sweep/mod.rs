@@ -77,6 +77,8 @@ pub struct Target {
     pub uncertain_since: Option<Timestamp>,
     /// The `tend.dev/retry` annotation's value.
     pub retry: Option<String>,
+    /// What status records as the last clean answer: its state and reason.
+    pub recorded: Option<(String, Option<String>)>,
 }
 
 /// Whether the sweeper watches this Workspace: of a swept runtime, not
@@ -101,6 +103,10 @@ pub fn target(ws: &Workspace, backends: &Backends) -> Option<Target> {
         known_dead: status.phase == Some(Phase::Offline),
         uncertain_since: status.uncertain_since.as_ref().map(|t| t.0),
         retry: ws.annotations().get(RETRY_ANNOTATION).cloned(),
+        recorded: status
+            .observation
+            .as_ref()
+            .map(|o| (o.state.clone(), o.reason.clone())),
     })
 }
 
@@ -324,7 +330,12 @@ pub fn assemble(
             hold,
             held_retry,
         };
-        if before.is_none_or(|old| entry.differs_for_reconciler(old)) {
+        // A new answer, or a clean one that status does not say yet (an
+        // answer the reconciler could not use when it came, because it was
+        // asked before a restart, and that still holds).
+        let news = before.is_none_or(|old| entry.differs_for_reconciler(old))
+            || (clean && t.recorded.as_ref().is_some_and(|r| entry.contradicts(r)));
+        if news {
             changed.push(t.object.clone());
         }
         next.entries.insert(t.uid.clone(), entry);

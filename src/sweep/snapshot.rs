@@ -43,6 +43,13 @@ impl Entry {
         hasher.finish()
     }
 
+    /// Whether this answer says something else than `recorded`, the state
+    /// and reason status records.
+    pub fn contradicts(&self, recorded: &(String, Option<String>)) -> bool {
+        self.observation.state_name() != Some(recorded.0.as_str())
+            || not_running_reason(&self.observation) != recorded.1.as_deref()
+    }
+
     /// What the reconciler acts on. Not the times: an answer asked again,
     /// and the same, is no news.
     fn seen_by_reconciler(&self) -> (&str, Option<&str>, Option<&str>, bool, Hold) {

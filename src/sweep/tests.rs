@@ -228,6 +228,52 @@ async fn a_steady_sweep_wakes_nothing() {
     assert!(woken.is_empty(), "{woken:?}");
 }
 
+#[test]
+fn an_answer_status_does_not_say_yet_wakes_its_workspace_again() {
+    // The reconciler could not use the first "stopped" (it was asked before
+    // a restart in place); the same answer, still true, must wake it again.
+    let mut targets: Vec<Target> = online_targets(2);
+    targets[0].recorded = Some(("Running".into(), None));
+    let stopped = Observation::not_running(Halt::Stopped, "InstanceStoppedExternally", "stopped");
+    targets[1].recorded = Some((
+        "NotRunning".into(),
+        Some("InstanceStoppedExternally".into()),
+    ));
+    let now = Timestamp::now();
+    let answers: HashMap<String, Sighting> = targets
+        .iter()
+        .map(|t| {
+            let seen = Sighting {
+                observation: stopped.clone(),
+                asked_at: now,
+                zone: Some("us-east-1a".into()),
+                absent: false,
+                holds_for: None,
+            };
+            (t.uid.clone(), seen)
+        })
+        .collect();
+    let assembled = |previous: &Snapshot| {
+        assemble(
+            previous,
+            &targets,
+            &targets,
+            &answers,
+            now,
+            &Scope::All,
+            &settings(),
+        )
+    };
+    let (first, _, _) = assembled(&Snapshot::default());
+    let (_, woken, _) = assembled(&first);
+    let names: Vec<&str> = woken.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["w0"],
+        "only the one whose status says otherwise"
+    );
+}
+
 #[tokio::test]
 async fn cancelling_stops_a_sweep_in_progress() {
     let (store, mut writer) = kube::runtime::reflector::store::<Workspace>();

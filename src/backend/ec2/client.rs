@@ -63,11 +63,12 @@ impl Ec2Region {
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
+        let sent = tokio::time::Instant::now();
         let result = call.await.map_err(|e| CallError::from_sdk(operation, e));
         if let Err(e) = &result
             && e.kind == ErrorKind::Throttled
         {
-            self.bucket(family).drain();
+            self.bucket(family).drain(sent);
         }
         result
     }

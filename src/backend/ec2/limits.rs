@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// After a throttle, the rate grows back by the full rate over this long.
+/// After a throttle, the rate grows back by the full rate per this long
+/// (from half of it, in half this time).
 pub const RECOVERY: Duration = Duration::from_secs(30);
 /// However often AWS throttles, the rate stays at least this share of the
 /// configured one: the sweep must still make progress.
@@ -96,14 +97,20 @@ impl TokenBucket {
         }
     }
 
-    /// Called when AWS answers with throttling: empties the bucket and
-    /// halves the rate (down to a floor), which then grows back.
-    pub fn drain(&self) {
+    /// Called when AWS answered a call sent at `sent` with throttling:
+    /// empties the bucket and halves the rate (down to a floor), which then
+    /// grows back. Calls that were already out when the rate was cut are
+    /// part of the same throttle and cut it no further, as TCP halves its
+    /// window once per loss, not once per lost packet.
+    pub fn drain(&self, sent: Instant) {
         let mut s = self.state.lock().expect("bucket lock");
         let now = Instant::now();
-        let halved = (self.rate_at(&s, now) / 2.0).max(self.ceiling * FLOOR);
         s.tokens = 0.0;
         s.at = now;
+        if s.cut.is_some_and(|(_, at)| sent < at) {
+            return;
+        }
+        let halved = (self.rate_at(&s, now) / 2.0).max(self.ceiling * FLOOR);
         s.cut = Some((halved, now));
     }
 
@@ -188,7 +195,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_throttle_empties_the_bucket() {
         let b = TokenBucket::new(10.0, 50);
-        b.drain();
+        b.drain(Instant::now());
         assert!(b.available() < 1.0);
         assert!(b.acquire().await >= Duration::from_millis(99));
     }
@@ -196,7 +203,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_throttle_halves_the_rate_which_grows_back_a_little_at_a_time() {
         let b = TokenBucket::new(16.0, 1);
-        b.drain();
+        b.drain(Instant::now());
         assert_eq!(b.rate(), 8.0);
         // Won back linearly: a quarter of the way after a quarter of the time.
         tokio::time::advance(RECOVERY / 4).await;
@@ -204,9 +211,9 @@ mod tests {
         tokio::time::advance(RECOVERY).await;
         assert_eq!(b.rate(), 16.0, "never above the configured rate");
         // A throttle while recovering halves what was won back so far.
-        b.drain();
+        b.drain(Instant::now());
         tokio::time::advance(RECOVERY / 4).await;
-        b.drain();
+        b.drain(Instant::now());
         assert!((b.rate() - 6.0).abs() < 1e-6, "{}", b.rate());
     }
 
@@ -214,11 +221,31 @@ mod tests {
     async fn repeated_throttles_slow_down_to_a_floor_not_to_a_stop() {
         let b = TokenBucket::new(16.0, 1);
         for _ in 0..20 {
-            b.drain();
+            b.drain(Instant::now());
+            tokio::time::advance(Duration::from_millis(10)).await;
         }
-        assert_eq!(b.rate(), 1.0);
+        assert!((b.rate() - 1.0).abs() < 0.1, "{}", b.rate());
         let waited = b.acquire().await;
         assert!(waited <= Duration::from_millis(1001), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_already_out_when_the_rate_was_cut_do_not_cut_it_again() {
+        let b = TokenBucket::new(16.0, 8);
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // Eight calls sent together, all throttled.
+        for _ in 0..8 {
+            b.drain(sent);
+        }
+        assert_eq!(b.rate(), 8.0);
+        assert!(
+            b.available() < 1.0,
+            "each throttled answer still empties it"
+        );
+        // A call sent after the cut and throttled again cuts again.
+        b.drain(Instant::now());
+        assert_eq!(b.rate(), 4.0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -230,7 +257,7 @@ mod tests {
             b.acquire().await;
         }
         let full = start.elapsed();
-        b.drain();
+        b.drain(Instant::now());
         let start = Instant::now();
         for _ in 0..10 {
             b.acquire().await;
@@ -238,13 +265,16 @@ mod tests {
         let after = start.elapsed();
         // 10 tokens take 1 s at full rate; at the halved, recovering rate
         // (5/s plus 1/3 per second per second) about 1.7 s.
-        assert!(after > full + Duration::from_millis(500), "{full:?} vs {after:?}");
+        assert!(
+            after > full + Duration::from_millis(500),
+            "{full:?} vs {after:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_drained_bucket_waits_instead_of_spinning() {
         let b = TokenBucket::new(15.0, 75);
-        b.drain();
+        b.drain(Instant::now());
         for _ in 0..20 {
             b.acquire().await;
         }

@@ -222,7 +222,9 @@ impl Backend for Ec2Backend {
             })
             .collect();
         let (answers, calls) = self.reads.ask(reads, deadline).await;
-        self.recent.keep(answers.values());
+        if probes.len() < self.settings.batch.batch_size {
+            self.recent.keep(answers.values());
+        }
         let now = Timestamp::now();
         let sightings = probes
             .iter()

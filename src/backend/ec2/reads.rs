@@ -178,29 +178,31 @@ async fn owned_batch<'a>(
 /// step checks the same instance (is it running, is it tend's, is the
 /// volume attached); an answer this young serves that check instead of a
 /// second describe. Looks and sweeps never read it: their answers must be
-/// their own.
+/// their own. A sweep's answers are not kept: they are many, and rarely
+/// followed by a launch step.
 #[derive(Default)]
 pub struct Recent {
-    kept: Mutex<HashMap<String, (Instant, super::Seen)>>,
+    kept: Mutex<HashMap<String, (Timestamp, super::Seen)>>,
 }
 
 impl Recent {
-    /// How long an answer serves.
+    /// How long after its call was sent an answer serves.
     const FOR: Duration = MAX_WAIT;
-    /// At most this many are kept: a sweep's answers do not all fit, and
-    /// need not.
-    const AT_MOST: usize = 4096;
+    /// At most this many are kept.
+    const AT_MOST: usize = 1024;
 
     pub fn keep<'a>(&self, answers: impl Iterator<Item = &'a Answer>) {
         let mut kept = self.kept.lock().expect("recent lock");
-        let now = Instant::now();
-        kept.retain(|_, (at, _)| now.duration_since(*at) < Self::FOR);
+        let now = Timestamp::now();
+        kept.retain(|_, (asked_at, _)| young(*asked_at, now));
         for answer in answers {
             if kept.len() >= Self::AT_MOST {
                 break;
             }
-            if let Reply::Found(seen) = &answer.reply {
-                kept.insert(seen.id.clone(), (now, seen.clone()));
+            if let Reply::Found(seen) = &answer.reply
+                && young(answer.asked_at, now)
+            {
+                kept.insert(seen.id.clone(), (answer.asked_at, seen.clone()));
             }
         }
     }
@@ -208,7 +210,11 @@ impl Recent {
     pub fn get(&self, id: &str) -> Option<super::Seen> {
         let kept = self.kept.lock().expect("recent lock");
         kept.get(id)
-            .filter(|(at, _)| at.elapsed() < Self::FOR)
+            .filter(|(asked_at, _)| young(*asked_at, Timestamp::now()))
             .map(|(_, seen)| seen.clone())
     }
+}
+
+fn young(asked_at: Timestamp, now: Timestamp) -> bool {
+    crate::core::elapsed(asked_at, now).is_some_and(|age| age < Recent::FOR)
 }
