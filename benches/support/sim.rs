@@ -468,7 +468,16 @@ fn targets(n: usize, launched_at: Timestamp) -> Vec<Target> {
             known_dead: false,
             uncertain_since: None,
             retry: None,
-            recorded: Some(("Running".into(), None)),
+            // Status says what the first sweep found: a steady sweep
+            // tells the reconciler nothing new.
+            recorded: Some(match fate(i) {
+                Fate::Running => ("Running".into(), None),
+                Fate::Stopped => (
+                    "NotRunning".into(),
+                    Some("InstanceStoppedExternally".into()),
+                ),
+                Fate::Gone => ("NotRunning".into(), Some("InstanceNotFound".into())),
+            }),
         })
         .collect()
 }
