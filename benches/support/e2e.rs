@@ -21,7 +21,7 @@ pub const SWEEP_INTERVAL_SECS: f64 = 5.0;
 const WAIT: Duration = Duration::from_secs(180);
 
 /// The controller's flags. Everything not named here is tend's default
-/// (resync 60s, batch 200, 8 in flight, read bucket 15/s burst 75, ...).
+/// (resync 10m, batch 200, 8 in flight, read bucket 15/s burst 75, ...).
 pub const FLAGS: &[&str] = &[
     "--cluster-name",
     "bench",

@@ -24,7 +24,7 @@ use kube::runtime::controller::{self, Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
@@ -174,8 +174,16 @@ impl Error {
 }
 
 /// The Workspace controller; its `store()` is the cache the sweeper reads.
+/// The cache keeps no `managedFields`: they are often the bulk of a stored
+/// object, tend never reads them, and at 100,000 Workspaces they would be
+/// hundreds of megabytes.
 pub fn new_controller(api: Api<Workspace>, concurrency: u16) -> Controller<Workspace> {
-    Controller::new(api, watcher::Config::default().any_semantic())
+    let (reader, writer) = reflector::store();
+    let objects = watcher(api, watcher::Config::default().any_semantic())
+        .modify(|ws| ws.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(objects, reader)
         .with_config(controller::Config::default().concurrency(concurrency))
 }
 
