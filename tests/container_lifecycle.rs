@@ -326,3 +326,41 @@ async fn a_pod_change_wakes_its_workspace_without_waiting_for_the_sweep() {
     rig.kubelet().run("dev-2", NODE).await;
     wait_online_after(&rig, "dev", 1).await;
 }
+
+#[tokio::test]
+async fn a_burst_of_container_workspaces_shares_its_pod_lists() {
+    const BURST: usize = 8;
+    let mut rig = Rig::new().await;
+    // No sweep in the way, and every Workspace reconciled at once: what is
+    // counted is the burst's own looks.
+    rig.args.sweep_interval = Duration::from_secs(3600);
+    rig.args.concurrency = 32;
+    rig.start_controller().await;
+    rig.kubelet().node(NODE, "True").await;
+    let names: Vec<String> = (0..BURST).map(|i| format!("c{i}")).collect();
+    let specs: Vec<Workspace> = names.iter().map(|n| rig.container_workspace(n)).collect();
+    futures::future::join_all(specs.iter().map(|ws| rig.create(ws))).await;
+    for name in &names {
+        rig.wait_pod(&format!("{name}-1")).await;
+    }
+    for name in &names {
+        rig.kubelet().run(&format!("{name}-1"), NODE).await;
+    }
+    for name in &names {
+        rig.wait_phase(name, Phase::Online).await;
+    }
+    let lists = rig
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.verb == "list" && r.path.ends_with("/pods"))
+        .filter(|r| r.user.as_deref() == Some(support::rig::CONTROLLER_USER))
+        .count();
+    // Each look lists the namespace, and a Workspace is looked at several
+    // times on its way up (about four lists each when every look lists on
+    // its own); looks that come together share one list.
+    assert!(
+        lists <= 2 * BURST,
+        "{lists} Pod lists for {BURST} Workspaces"
+    );
+}

@@ -31,7 +31,7 @@ use crate::api::{Runtime, Workspace};
 use crate::core::Observation;
 
 /// What to ask a backend about one Workspace: the backend status records.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Probe {
     /// The backend's own id, e.g. an EC2 instance id.
     pub id: String,

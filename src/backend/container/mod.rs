@@ -12,9 +12,11 @@ mod observe;
 mod state;
 mod watch;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -27,9 +29,11 @@ pub use objects::{LABEL_LAUNCH, LABEL_NAME, LABEL_UID, claim_name, pod_name};
 pub use state::{classify_pod, node_doubt};
 
 use crate::api::{ContainerSpec, ReclaimPolicy, Runtime, Workspace, WorkspaceStatus};
+use crate::backend::batcher::{Batcher, Window};
 use crate::backend::kubernetes::bounded;
 use crate::backend::{
-    Backend, BackendError, Change, ErrorKind, Observed, Owner, Probe, Record, Step,
+    Backend, BackendError, CallStats, Change, ErrorKind, Observed, Owner, Probe, Record, Sighting,
+    Step,
 };
 use crate::core::Observation;
 
@@ -51,11 +55,43 @@ pub struct ContainerSettings {
 pub struct ContainerBackend {
     client: kube::Client,
     settings: ContainerSettings,
+    /// Every look at Pods, the sweep's and each reconcile's, goes through
+    /// here: looks that come together cost one list per namespace.
+    reads: Batcher<Probe, Sighting, CallStats>,
 }
+
+/// How long a window of Pod looks stays open; see [`Batcher`].
+const WINDOW: Window = Window {
+    idle: Duration::from_millis(100),
+    max_wait: Duration::from_secs(1),
+    // A namespace is listed whole however many are asked about; this only
+    // sends a sweep's question out by itself.
+    max_items: 500,
+};
 
 impl ContainerBackend {
     pub fn new(client: kube::Client, settings: ContainerSettings) -> Self {
-        ContainerBackend { client, settings }
+        let reader = observe::PodReader {
+            client: client.clone(),
+            settings: settings.clone(),
+        };
+        let reads = Batcher::new(
+            WINDOW,
+            Arc::new(move |probes: Vec<Probe>, deadline| {
+                let reader = reader.clone();
+                async move {
+                    let observed = reader.observe_pods(&probes, deadline).await;
+                    let answers = probes.into_iter().zip(observed.sightings).collect();
+                    (answers, observed.calls)
+                }
+                .boxed()
+            }),
+        );
+        ContainerBackend {
+            client,
+            settings,
+            reads,
+        }
     }
 
     fn pods(&self, ws: &Workspace) -> Api<Pod> {
@@ -337,7 +373,18 @@ impl Backend for ContainerBackend {
     }
 
     async fn observe(&self, probes: &[Probe], deadline: Instant) -> Observed {
-        self.observe_pods(probes, deadline).await
+        let started = Timestamp::now();
+        let (answers, calls) = self.reads.ask(probes.to_vec(), deadline).await;
+        let sightings = probes
+            .iter()
+            .map(|p| {
+                answers
+                    .get(p)
+                    .cloned()
+                    .unwrap_or_else(|| Sighting::unknown("no answer within the deadline", started))
+            })
+            .collect();
+        Observed { sightings, calls }
     }
 
     async fn provision(&self, ws: &Workspace) -> Result<Step, BackendError> {

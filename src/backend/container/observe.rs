@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 use tokio::time::Instant;
 
-use super::ContainerBackend;
+use super::ContainerSettings;
 use super::objects::LABEL_UID;
 use super::state::{classify_pod, node_doubt};
 use crate::backend::kubernetes::bounded;
@@ -30,7 +30,14 @@ struct Answer {
     seen: Seen,
 }
 
-impl ContainerBackend {
+/// What a look at Pods needs: the batcher's rounds each get a copy.
+#[derive(Clone)]
+pub(super) struct PodReader {
+    pub(super) client: kube::Client,
+    pub(super) settings: ContainerSettings,
+}
+
+impl PodReader {
     /// One sighting per probe, in order, bounded by `deadline`.
     pub(super) async fn observe_pods(&self, probes: &[Probe], deadline: Instant) -> Observed {
         let started = Timestamp::now();
