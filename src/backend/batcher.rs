@@ -113,23 +113,15 @@ async fn collect<Q, A, S>(
 {
     let max_items = window.max_items.max(1);
     while let Some(first) = questions.recv().await {
-        if first.items.len() >= max_items {
-            let mut alone = Round::default();
-            alone.join(first);
-            tokio::spawn(alone.send(read.clone()));
-            continue;
-        }
+        // A question that fills a window by itself skips the loop below.
+        let mut round = Round::of(first);
         let opened = Instant::now();
         let mut last = opened;
-        let mut round = Round::default();
-        round.join(first);
         while round.items.len() < max_items {
             let close = (last + window.idle).min(opened + window.max_wait);
             match tokio::time::timeout_at(close, questions.recv()).await {
                 Ok(Some(question)) if question.items.len() >= max_items => {
-                    let mut alone = Round::default();
-                    alone.join(question);
-                    tokio::spawn(alone.send(read.clone()));
+                    tokio::spawn(Round::of(question).send(read.clone()));
                 }
                 Ok(Some(question)) => {
                     round.join(question);
@@ -147,19 +139,9 @@ async fn collect<Q, A, S>(
 struct Round<Q, A, S> {
     items: Vec<Q>,
     seen: HashSet<Q>,
-    deadline: Option<Instant>,
+    /// The latest of the askers' deadlines.
+    deadline: Instant,
     askers: Vec<Question<Q, A, S>>,
-}
-
-impl<Q, A, S> Default for Round<Q, A, S> {
-    fn default() -> Self {
-        Round {
-            items: Vec::new(),
-            seen: HashSet::new(),
-            deadline: None,
-            askers: Vec::new(),
-        }
-    }
 }
 
 impl<Q, A, S> Round<Q, A, S>
@@ -168,16 +150,25 @@ where
     A: Clone,
     S: Clone,
 {
+    /// A round opened by its first question.
+    fn of(question: Question<Q, A, S>) -> Self {
+        let mut round = Round {
+            items: Vec::new(),
+            seen: HashSet::new(),
+            deadline: question.deadline,
+            askers: Vec::new(),
+        };
+        round.join(question);
+        round
+    }
+
     fn join(&mut self, question: Question<Q, A, S>) {
         for item in &question.items {
             if self.seen.insert(item.clone()) {
                 self.items.push(item.clone());
             }
         }
-        self.deadline = Some(
-            self.deadline
-                .map_or(question.deadline, |d| d.max(question.deadline)),
-        );
+        self.deadline = self.deadline.max(question.deadline);
         self.askers.push(question);
     }
 
@@ -189,7 +180,6 @@ where
             mut askers,
             ..
         } = self;
-        let deadline = deadline.unwrap_or_else(Instant::now);
         // Once every asker has given up (a cancelled sweep), no one is left
         // to read the answers: stop calling.
         let all_gone = futures::future::join_all(askers.iter_mut().map(|a| a.reply.closed()));
