@@ -193,20 +193,14 @@ pub async fn describe_all<D: Describer>(
                 *filters_in_flight.entry(job.region.clone()).or_default() += 1;
             }
             in_flight.push(async move {
-                // Shared with every other round of reads, where there is one.
-                let _slot = match describer.slots() {
-                    Some(slots) => slots.acquire().await.ok(),
-                    None => None,
-                };
-                let waited = describer.read_bucket(&job.region).acquire().await;
-                let asked_at = Timestamp::now();
                 let call = async {
                     match job.ask {
                         Ask::Filter => describer.describe(&job.region, &job.ids).await,
                         Ask::ById => describer.describe_named(&job.region, &job.ids).await,
                     }
                 };
-                let result = tokio::time::timeout(settings.probe_timeout, call).await;
+                let (asked_at, waited, result) =
+                    paced(describer, &job.region, settings.probe_timeout, call).await;
                 (job, asked_at, waited, result)
             });
         }
@@ -284,6 +278,29 @@ pub async fn describe_all<D: Describer>(
         }
     }
     (answers, stats)
+}
+
+/// One describe as every describe is made: a slot among the calls in
+/// flight (shared with every other round of reads, where there is one),
+/// a token of the region's bucket, then the call under its own timeout.
+/// Returns when the call was sent and how long the bucket made it wait.
+pub(super) async fn paced<D: Describer, T>(
+    describer: &D,
+    region: &str,
+    timeout: Duration,
+    call: impl Future<Output = Result<T, CallError>>,
+) -> (
+    Timestamp,
+    Duration,
+    Result<Result<T, CallError>, tokio::time::error::Elapsed>,
+) {
+    let _slot = match describer.slots() {
+        Some(slots) => slots.acquire().await.ok(),
+        None => None,
+    };
+    let waited = describer.read_bucket(region).acquire().await;
+    let asked_at = Timestamp::now();
+    (asked_at, waited, tokio::time::timeout(timeout, call).await)
 }
 
 /// A describe by id failed with not-found: the ids it names are proven

@@ -112,10 +112,12 @@ impl Ec2Backend {
         self.regions.region(region)
     }
 
-    /// How long a read of a launch or teardown may wait for its answer: a
-    /// listing, then at most a confirmation by id.
-    fn read_deadline(&self) -> Instant {
-        Instant::now() + self.settings.batch.probe_timeout * 3
+    /// One read of a launch or teardown, through the batcher, waiting at
+    /// most for a listing and then a confirmation by id.
+    async fn ask_one(&self, read: Read) -> Option<Reply> {
+        let deadline = Instant::now() + self.settings.batch.probe_timeout * 3;
+        let (mut answers, _) = self.reads.ask(vec![read.clone()], deadline).await;
+        answers.remove(&read).map(|a| a.reply)
     }
 
     /// One instance, through the batcher: `None` if EC2, asked about it by
@@ -128,11 +130,7 @@ impl Ec2Backend {
             region: region.to_owned(),
             id: id.to_owned(),
         };
-        let (mut answers, _) = self
-            .reads
-            .ask(vec![read.clone()], self.read_deadline())
-            .await;
-        match answers.remove(&read).map(|a| a.reply) {
+        match self.ask_one(read).await {
             Some(Reply::Found(seen)) => Ok(Some(seen)),
             Some(Reply::NotFound) => Ok(None),
             Some(Reply::Failed(e)) => Err(e),
@@ -152,11 +150,7 @@ impl Ec2Backend {
             region: region.to_owned(),
             uid: owner.uid.to_owned(),
         };
-        let (mut answers, _) = self
-            .reads
-            .ask(vec![read.clone()], self.read_deadline())
-            .await;
-        let found = match answers.remove(&read).map(|a| a.reply) {
+        let found = match self.ask_one(read).await {
             Some(Reply::Owned(seen)) => seen,
             Some(Reply::Failed(e)) => return Err(e),
             _ => {
@@ -214,27 +208,22 @@ impl Backend for Ec2Backend {
     }
 
     async fn observe(&self, probes: &[Probe], deadline: Instant) -> Observed {
-        let reads = probes
+        let reads: Vec<Read> = probes
             .iter()
             .map(|p| Read::Instance {
                 region: p.location.clone(),
                 id: p.id.clone(),
             })
             .collect();
-        let (answers, calls) = self.reads.ask(reads, deadline).await;
+        let (answers, calls) = self.reads.ask(reads.clone(), deadline).await;
         if probes.len() < self.settings.batch.batch_size {
             self.recent.keep(answers.values());
         }
         let now = Timestamp::now();
         let sightings = probes
             .iter()
-            .map(|p| {
-                let read = Read::Instance {
-                    region: p.location.clone(),
-                    id: p.id.clone(),
-                };
-                sighting(p, answers.get(&read), self.settings.not_found_grace, now)
-            })
+            .zip(&reads)
+            .map(|(p, read)| sighting(p, answers.get(read), self.settings.not_found_grace, now))
             .collect();
         Observed { sightings, calls }
     }

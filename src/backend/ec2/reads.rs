@@ -13,7 +13,7 @@ use futures::future::join_all;
 use jiff::Timestamp;
 use tokio::time::Instant;
 
-use super::batch::unanswered;
+use super::batch::{paced, unanswered};
 use super::{Answer, BatchSettings, Regions, Reply, describe_all};
 use crate::backend::batcher::{Batcher, Window};
 use crate::backend::{CallStats, ErrorKind};
@@ -160,11 +160,9 @@ async fn owned_batch<'a>(
     Timestamp,
     Result<Vec<super::Seen>, crate::backend::CallError>,
 ) {
-    let _slot = regions.slots.acquire().await.ok();
-    regions.read_bucket(region).acquire().await;
-    let asked_at = Timestamp::now();
     let call = regions.describe_owned(region, uids, cluster);
-    let result = match tokio::time::timeout(batch.probe_timeout, call).await {
+    let (asked_at, _, result) = paced(regions, region, batch.probe_timeout, call).await;
+    let result = match result {
         Ok(result) => result,
         Err(_) => Err(unanswered(format!(
             "timed out after {:?}",
