@@ -57,12 +57,7 @@ fn writes(rig: &Rig) -> Vec<String> {
 
 /// Reconciles that stopped at once because nothing had changed.
 fn unchanged(rig: &Rig) -> u64 {
-    rig.metrics
-        .encode()
-        .lines()
-        .find_map(|l| l.strip_prefix("tend_reconciles_total{result=\"unchanged\"} "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+    rig.metric("tend_reconciles_total{result=\"unchanged\"}")
 }
 
 #[tokio::test]

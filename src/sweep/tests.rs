@@ -164,6 +164,45 @@ fn online_targets(n: usize) -> Vec<Target> {
         .collect()
 }
 
+/// A sweep of every target with the defaults of `tend run`.
+fn full_sweep(
+    previous: &Snapshot,
+    targets: &[Target],
+    answers: &HashMap<String, Sighting>,
+    now: Timestamp,
+) -> (Snapshot, Vec<ObjectRef<Workspace>>, Vec<Trip>) {
+    assemble(
+        previous,
+        targets,
+        targets,
+        answers,
+        now,
+        &Scope::All,
+        &settings(),
+    )
+}
+
+/// The same clean answer about each target, asked at `at`.
+fn answered_alike(
+    targets: &[Target],
+    observation: &Observation,
+    at: Timestamp,
+) -> HashMap<String, Sighting> {
+    targets
+        .iter()
+        .map(|t| {
+            let seen = Sighting {
+                observation: observation.clone(),
+                asked_at: at,
+                zone: None,
+                absent: false,
+                holds_for: None,
+            };
+            (t.uid.clone(), seen)
+        })
+        .collect()
+}
+
 /// The defaults of `tend run`.
 fn settings() -> SweepSettings {
     let args = crate::config::RunArgs::from_flags(["--region", "us-east-1"]).unwrap();
@@ -206,25 +245,9 @@ async fn a_steady_sweep_wakes_nothing() {
     let (answers, _) = observe_all(&backends, &to_ask(&targets, &Snapshot::default()), far).await;
     assert_eq!(answers.len(), 50);
     let now = Timestamp::now();
-    let (first, woken, _) = assemble(
-        &Snapshot::default(),
-        &targets,
-        &targets,
-        &answers,
-        now,
-        &Scope::All,
-        &settings(),
-    );
+    let (first, woken, _) = full_sweep(&Snapshot::default(), &targets, &answers, now);
     assert_eq!(woken.len(), 50, "first answers wake everyone once");
-    let (_, woken, _) = assemble(
-        &first,
-        &targets,
-        &targets,
-        &answers,
-        now,
-        &Scope::All,
-        &settings(),
-    );
+    let (_, woken, _) = full_sweep(&first, &targets, &answers, now);
     assert!(woken.is_empty(), "{woken:?}");
 }
 
@@ -240,32 +263,9 @@ fn an_answer_status_does_not_say_yet_wakes_its_workspace_again() {
         Some("InstanceStoppedExternally".into()),
     ));
     let now = Timestamp::now();
-    let answers: HashMap<String, Sighting> = targets
-        .iter()
-        .map(|t| {
-            let seen = Sighting {
-                observation: stopped.clone(),
-                asked_at: now,
-                zone: Some("us-east-1a".into()),
-                absent: false,
-                holds_for: None,
-            };
-            (t.uid.clone(), seen)
-        })
-        .collect();
-    let assembled = |previous: &Snapshot| {
-        assemble(
-            previous,
-            &targets,
-            &targets,
-            &answers,
-            now,
-            &Scope::All,
-            &settings(),
-        )
-    };
-    let (first, _, _) = assembled(&Snapshot::default());
-    let (_, woken, _) = assembled(&first);
+    let answers = answered_alike(&targets, &stopped, now);
+    let (first, _, _) = full_sweep(&Snapshot::default(), &targets, &answers, now);
+    let (_, woken, _) = full_sweep(&first, &targets, &answers, now);
     let names: Vec<&str> = woken.iter().map(|o| o.name.as_str()).collect();
     assert_eq!(
         names,
@@ -330,15 +330,7 @@ fn unknown_answers_turn_stale_only_after_stale_after() {
             },
         );
         let targets = vec![t.clone()];
-        let (next, _, _) = assemble(
-            &previous,
-            &targets,
-            &targets,
-            &failed,
-            now,
-            &Scope::All,
-            &settings(),
-        );
+        let (next, _, _) = full_sweep(&previous, &targets, &failed, now);
         let entry = next.get(&t.uid).unwrap();
         assert!(matches!(entry.observation, Observation::Unknown { .. }));
         assert_eq!(entry.stale, stale, "clean answer {clean_ago}s ago");
@@ -424,29 +416,8 @@ fn an_early_sweep_covers_only_where_things_changed_and_keeps_the_sweep_number() 
     assert!(!other_runtime.covers(&targets[0]));
 
     let now = Timestamp::now();
-    let running = |ts: &[Target]| -> HashMap<String, Sighting> {
-        ts.iter()
-            .map(|t| {
-                let seen = Sighting {
-                    observation: Observation::Running,
-                    asked_at: now,
-                    zone: None,
-                    absent: false,
-                    holds_for: None,
-                };
-                (t.uid.clone(), seen)
-            })
-            .collect()
-    };
-    let (first, _, _) = assemble(
-        &Snapshot::default(),
-        &targets,
-        &targets,
-        &running(&targets),
-        now,
-        &Scope::All,
-        &settings(),
-    );
+    let running = |ts: &[Target]| answered_alike(ts, &Observation::Running, now);
+    let (first, _, _) = full_sweep(&Snapshot::default(), &targets, &running(&targets), now);
     assert_eq!(first.sweep, 1);
     let dead = Observation::not_running(Halt::Gone, "InstanceTerminated", "gone");
     let mut answers = running(&targets[..1]);

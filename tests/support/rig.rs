@@ -154,14 +154,20 @@ impl Rig {
         }
     }
 
-    /// Sweeps the running controller has finished, read from its metrics.
-    pub fn sweeps(&self) -> u64 {
+    /// A counter of the running controller: the value of the series named
+    /// exactly so (name and labels), 0 before it first counts.
+    pub fn metric(&self, series: &str) -> u64 {
         self.metrics
             .encode()
             .lines()
-            .find_map(|l| l.strip_prefix("tend_sweep_duration_seconds_count "))
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Sweeps the running controller has finished, read from its metrics.
+    pub fn sweeps(&self) -> u64 {
+        self.metric("tend_sweep_duration_seconds_count")
     }
 
     /// Waits until the running controller has finished `n` sweeps.
