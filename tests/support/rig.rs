@@ -45,6 +45,7 @@ impl Rig {
 
     /// Like [`Rig::new`], on an API server configured as given.
     pub async fn new_on(cluster: FakeConfig) -> Rig {
+        show_logs();
         let kube = FakeApiServer::start_with(cluster).await;
         let moto = Moto::start().await;
         let proxy = FaultProxy::start(moto.url()).await;
@@ -174,6 +175,17 @@ impl Rig {
     pub async fn wait_sweeps(&self, n: u64) {
         self.kube
             .wait_for(WAIT, &format!("{n} sweeps"), |_| self.sweeps() >= n)
+            .await;
+    }
+
+    /// Waits until a finished sweep has looked at `n` Workspaces: the
+    /// sweeper's cache holds them all, so every later sweep judges them as
+    /// one group.
+    pub async fn wait_swept(&self, n: u64) {
+        self.kube
+            .wait_for(WAIT, &format!("a sweep of {n}"), |_| {
+                self.metric("tend_sweep_objects_observed") >= n
+            })
             .await;
     }
 
@@ -413,5 +425,16 @@ impl Drop for Rig {
         if let Some((task, _)) = self.controller.take() {
             task.abort();
         }
+    }
+}
+
+/// With `TEND_TEST_LOG` set (a filter such as `tend=debug`), the
+/// controller's logs go to the test's output.
+fn show_logs() {
+    if let Ok(filter) = std::env::var("TEND_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
     }
 }
