@@ -4,9 +4,24 @@
 //! so the controller never assumes the server validated. It evaluates the very
 //! rules embedded in the CRD (one source of truth), client-side.
 
-use kube::core::cel::ErrorKind;
+use std::sync::LazyLock;
+
+use kube::CustomResourceExt;
+use kube::core::cel::{CompiledSchema, ErrorKind, compile_schema, validate_compiled};
 
 use super::{Runtime, Workspace};
+
+/// The CRD's schema with its rules compiled, once: building the CRD and
+/// compiling its rules is most of what a validation costs.
+static SCHEMA: LazyLock<CompiledSchema> = LazyLock::new(|| {
+    let crd = Workspace::crd();
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("the derived CRD has an openAPIV3Schema");
+    compile_schema(&serde_json::to_value(schema).expect("a CRD schema serialises"))
+});
 
 /// Why a spec cannot be acted on; the message names the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +40,8 @@ impl std::fmt::Display for SpecViolation {
 pub fn validate(ws: &Workspace) -> Result<(), SpecViolation> {
     check_recorded(ws)?;
     check_names(ws)?;
-    let Err(errors) = ws.validate_cel() else {
+    let object = serde_json::to_value(ws).expect("a Workspace serialises");
+    let Err(errors) = validate_compiled(&SCHEMA, &object, None) else {
         return Ok(());
     };
     let messages: Vec<String> = errors
