@@ -7,6 +7,12 @@ use tend::http::{self, HttpState};
 use tend::metrics::Metrics;
 use tracing::{error, info};
 
+/// jemalloc keeps the resident set close to what is in use: with glibc's
+/// per-thread arenas, the memory a sweep's answers held, freed when it ends,
+/// stayed resident (about a fifth more at 10,000 Workspaces).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
