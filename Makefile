@@ -25,9 +25,11 @@ test: $(MOTO)
 		cargo test --lib --bins --tests --no-fail-fast; \
 	fi
 
-## Benchmark the sweep (simulated EC2, paused clock) and detection end to end (moto); see BENCHMARKS.md.
+## Benchmark the sweep (simulated EC2, paused clock), detection end to end (moto), and the
+## controller as its own process over large fleets; see BENCHMARKS.md.
 bench: $(MOTO)
 	cargo bench --bench sweep
+	cargo bench --bench controller
 
 ## Regenerate the committed CRD from the code.
 crd:

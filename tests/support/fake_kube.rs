@@ -352,6 +352,21 @@ users:
             .collect()
     }
 
+    /// One request served in-process, with the same validation, defaulting
+    /// and storage as over HTTP but without the transport, and not recorded:
+    /// for loading many objects quickly. The stored object, or the status
+    /// code and body of the refusal.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &Value,
+    ) -> Result<Value, (u16, Value)> {
+        let bytes = serde_json::to_vec(body).expect("fake API server: a JSON value serialises");
+        server::serve_in_process(&self.shared, method, path, content_type, &bytes)
+    }
+
     /// Every request answered so far, oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.lock().requests.clone()

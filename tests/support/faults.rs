@@ -317,7 +317,7 @@ pub struct FaultProxy {
     _shutdown: watch::Sender<()>,
 }
 
-type ProxyBody = BoxBody<Bytes, std::io::Error>;
+pub type ProxyBody = BoxBody<Bytes, std::io::Error>;
 
 /// Returned by the service to make hyper close the connection unanswered.
 #[derive(Debug)]
@@ -740,7 +740,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     .contains(&name.as_str())
 }
 
-fn full(bytes: Bytes) -> ProxyBody {
+pub fn full(bytes: Bytes) -> ProxyBody {
     BoxBody::new(Full::new(bytes).map_err(|never: Infallible| match never {}))
 }
 
@@ -748,7 +748,7 @@ fn request_id(seq: u64) -> String {
     format!("7a62c49f-347e-4fc4-9331-{seq:012x}")
 }
 
-fn set_headers(response: &mut Response<ProxyBody>, seq: u64) {
+pub fn set_headers(response: &mut Response<ProxyBody>, seq: u64) {
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -760,7 +760,7 @@ fn set_headers(response: &mut Response<ProxyBody>, seq: u64) {
 }
 
 /// An EC2 query-protocol error answer.
-fn error_response(status: u16, code: &str, message: &str, seq: u64) -> Response<ProxyBody> {
+pub fn error_response(status: u16, code: &str, message: &str, seq: u64) -> Response<ProxyBody> {
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code>\
          <Message>{}</Message></Error></Errors><RequestID>{}</RequestID></Response>",
@@ -775,7 +775,7 @@ fn error_response(status: u16, code: &str, message: &str, seq: u64) -> Response<
     response
 }
 
-fn xml_escape(text: &str) -> String {
+pub fn xml_escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -791,13 +791,13 @@ fn xml_escape(text: &str) -> String {
 }
 
 /// The decoded parameters of a query-protocol request.
-struct ParsedRequest {
-    action: String,
-    params: Vec<(String, String)>,
+pub struct ParsedRequest {
+    pub action: String,
+    pub params: Vec<(String, String)>,
 }
 
 impl ParsedRequest {
-    fn parse(query: Option<&str>, body: &[u8]) -> ParsedRequest {
+    pub fn parse(query: Option<&str>, body: &[u8]) -> ParsedRequest {
         let mut params = Vec::new();
         if let Some(query) = query {
             params.extend(parse_form(query.as_bytes()));
