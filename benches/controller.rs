@@ -24,6 +24,8 @@ mod moto;
 #[allow(dead_code)]
 mod paths;
 
+#[path = "support/common.rs"]
+mod common;
 #[path = "support/ec2_http.rs"]
 mod ec2_http;
 
@@ -38,6 +40,7 @@ use tend::config::RunArgs;
 use tend::metrics::Metrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use common::{Verdict, ec2_workspace};
 use ec2_http::{Common, Ec2Sim, SimInstance};
 use fake_kube::FakeApiServer;
 use faults::FaultProxy;
@@ -126,21 +129,7 @@ async fn template() -> Template {
         })
     };
     let name = "template".to_owned();
-    let ws: Workspace = serde_json::from_value(json!({
-        "apiVersion": "tend.dev/v1alpha1",
-        "kind": "Workspace",
-        "metadata": { "name": name, "namespace": NS },
-        "spec": {
-            "runtime": "ec2",
-            "ec2": {
-                "instanceType": "t3.micro",
-                "imageId": ami,
-                "subnetId": subnet,
-                "volume": { "sizeGiB": 10 }
-            }
-        }
-    }))
-    .expect("template json");
+    let ws = ec2_workspace(&name, NS, &ami, &subnet);
     Api::<Workspace>::namespaced(kube.client(), NS)
         .create(&PostParams::default(), &ws)
         .await
@@ -574,21 +563,7 @@ async fn burst(n: usize) -> Burst {
     let api: Api<Workspace> = Api::namespaced(kube.client(), NS);
     let started = Instant::now();
     for i in 0..n {
-        let ws: Workspace = serde_json::from_value(json!({
-            "apiVersion": "tend.dev/v1alpha1",
-            "kind": "Workspace",
-            "metadata": { "name": format!("burst-{i:04}"), "namespace": NS },
-            "spec": {
-                "runtime": "ec2",
-                "ec2": {
-                    "instanceType": "t3.micro",
-                    "imageId": ami,
-                    "subnetId": subnet,
-                    "volume": { "sizeGiB": 10 }
-                }
-            }
-        }))
-        .expect("workspace json");
+        let ws = ec2_workspace(&format!("burst-{i:04}"), NS, &ami, &subnet);
         api.create(&PostParams::default(), &ws)
             .await
             .expect("create workspace");
@@ -626,17 +601,6 @@ async fn burst(n: usize) -> Burst {
         describes: describes.len(),
         by_id,
         other_ec2: other.into_iter().collect(),
-    }
-}
-
-struct Verdict {
-    failed: bool,
-}
-
-impl Verdict {
-    fn check(&mut self, ok: bool, target: &str, measured: String) {
-        println!("{} {target}: {measured}", if ok { "PASS" } else { "FAIL" });
-        self.failed |= !ok;
     }
 }
 

@@ -19,6 +19,8 @@ mod moto;
 #[path = "../tests/support/paths.rs"]
 mod paths;
 
+#[path = "support/common.rs"]
+mod common;
 #[path = "support/e2e.rs"]
 mod e2e;
 #[path = "support/sim.rs"]
@@ -26,6 +28,7 @@ mod sim;
 
 use std::process::{Command, ExitCode};
 
+use common::Verdict;
 use sim::{BATCH_SIZE, Case, CaseResult, Strategy};
 
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
@@ -128,17 +131,6 @@ fn print_table(title: &str, results: &[CaseResult]) {
             mib(r.peak_rss_kib.saturating_sub(r.rss_before_sweep_kib)),
             r.host_ms,
         );
-    }
-}
-
-struct Verdict {
-    failed: bool,
-}
-
-impl Verdict {
-    fn check(&mut self, ok: bool, target: &str, measured: String) {
-        println!("{} {target}: {measured}", if ok { "PASS" } else { "FAIL" });
-        self.failed |= !ok;
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tend::api::Workspace;
 use tend::config::RunArgs;
 use tend::metrics::Metrics;
@@ -132,21 +132,7 @@ pub async fn run(workspaces: usize) -> E2eResult {
     let api: Api<Workspace> = Api::namespaced(kube.client(), NS);
     let created = Instant::now();
     for i in 0..workspaces {
-        let ws: Workspace = serde_json::from_value(json!({
-            "apiVersion": "tend.dev/v1alpha1",
-            "kind": "Workspace",
-            "metadata": { "name": format!("ws-{i:02}"), "namespace": NS },
-            "spec": {
-                "runtime": "ec2",
-                "ec2": {
-                    "instanceType": "t3.micro",
-                    "imageId": ami,
-                    "subnetId": subnet,
-                    "volume": { "sizeGiB": 10 }
-                }
-            }
-        }))
-        .expect("workspace json");
+        let ws = crate::common::ec2_workspace(&format!("ws-{i:02}"), NS, &ami, &subnet);
         api.create(&PostParams::default(), &ws)
             .await
             .expect("create workspace");
