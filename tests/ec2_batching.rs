@@ -37,11 +37,23 @@ async fn fleet_of(rig: &Rig, n: usize) -> Vec<String> {
 }
 
 fn describes(rig: &Rig) -> Vec<Call> {
+    calls_of(rig, "DescribeInstances")
+}
+
+fn calls_of(rig: &Rig, action: &str) -> Vec<Call> {
     rig.proxy
         .call_log()
         .into_iter()
-        .filter(|c| c.action == "DescribeInstances")
+        .filter(|c| c.action == action)
         .collect()
+}
+
+/// Whether a describe asked about more than one thing, by filter values or
+/// by naming ids.
+fn asked_about_several(call: &Call) -> bool {
+    call.params
+        .keys()
+        .any(|k| k.ends_with(".Value.2") || k.ends_with("Id.2"))
 }
 
 /// Requests that change something about Workspaces, or announce it.
@@ -82,12 +94,24 @@ async fn a_burst_of_creations_costs_at_most_one_describe_per_workspace() {
     );
     // They went out together, not one Workspace at a time.
     assert!(
-        calls.iter().any(|c| c
-            .params
-            .keys()
-            .any(|k| k.ends_with(".Value.2") || k == "InstanceId.2")),
+        calls.iter().any(asked_about_several),
         "no describe asked about more than one Workspace"
     );
+    // The data volumes' reads (the search for an earlier attempt's volume,
+    // the checks before launch and attach) go through the same batcher.
+    let volumes = calls_of(&rig, "DescribeVolumes");
+    assert!(
+        volumes.len() <= BURST,
+        "{} DescribeVolumes for {BURST} creations",
+        volumes.len()
+    );
+    assert!(
+        volumes.iter().any(asked_about_several),
+        "no DescribeVolumes asked about more than one Workspace"
+    );
+    // Every Workspace names the same subnet, whose zone never changes.
+    let subnets = calls_of(&rig, "DescribeSubnets");
+    assert_eq!(subnets.len(), 1, "{subnets:#?}");
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use kube::runtime::reflector::ObjectRef;
 use serde::{Deserialize, Serialize};
 use tend::api::Runtime;
 use tend::api::Workspace;
-use tend::backend::ec2::{BatchSettings, Describer, Seen, TokenBucket, observe_instances};
+use tend::backend::ec2::{BatchSettings, Describer, Paced, Seen, TokenBucket, observe_instances};
 use tend::backend::{CallError, CallStats, ErrorKind, Probe, Sighting};
 use tend::config::RunArgs;
 use tend::core::Observation;
@@ -227,7 +227,7 @@ impl SimEc2 {
     }
 }
 
-impl Describer for SimEc2 {
+impl Paced for SimEc2 {
     fn read_bucket(&self, region: &str) -> Arc<TokenBucket> {
         self.client_buckets
             .lock()
@@ -236,7 +236,9 @@ impl Describer for SimEc2 {
             .or_insert_with(|| Arc::new(TokenBucket::new(self.read_rate, self.read_burst)))
             .clone()
     }
+}
 
+impl Describer for SimEc2 {
     /// As tend's client does: each answer read into what tend keeps of it.
     async fn describe(&self, region: &str, ids: &[String]) -> Result<Vec<Seen>, CallError> {
         Ok(self

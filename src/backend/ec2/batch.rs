@@ -1,4 +1,4 @@
-//! Batched, bisecting, bounded DescribeInstances.
+//! Batched, bisecting, bounded describes of instances and volumes.
 //!
 //! One call per batch of ids; a batch that fails is split in halves until the
 //! failing ids are isolated, so one bad id never poisons the rest. Throttling
@@ -17,35 +17,56 @@ use jiff::Timestamp;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{Seen, TokenBucket, not_found_ids};
+use super::{Seen, TokenBucket, VolumeSeen};
 use crate::backend::{CallError, CallStats, ErrorKind};
 
-/// Something that can describe instances in batches: EC2, or a simulation.
-pub trait Describer: Send + Sync + 'static {
+/// What a batched describe lists: an instance ([`Seen`]) or a volume
+/// ([`VolumeSeen`]).
+pub trait Listed: Clone + Send + Sync + 'static {
+    /// The describe that lists it.
+    const OPERATION: &'static str;
+    /// Its id; empty if the answer named none.
+    fn id(&self) -> &str;
+    /// The reply for one a describe listed.
+    fn found(self) -> Reply;
+    /// The ids that a failed describe naming ids says do not exist, or `None`
+    /// if the failure is not that.
+    fn absent_named(error: &CallError) -> Option<Vec<String>>;
+}
+
+/// How describes are paced: a region's describe-family rate limit, and the
+/// bound on calls in flight.
+pub trait Paced: Send + Sync + 'static {
     /// The describe-family rate limit of a region, shared with other callers.
     fn read_bucket(&self, region: &str) -> Arc<TokenBucket>;
     /// The bound on describes in flight, where several rounds share one.
     fn slots(&self) -> Option<&Semaphore> {
         None
     }
-    /// One batch describe with the `instance-id` filter: it lists what exists
-    /// and silently leaves out the rest. The caller has already taken a token.
+}
+
+/// Something that can describe instances (or volumes) in batches: EC2, or a
+/// simulation.
+pub trait Describer<T: Listed = Seen>: Paced {
+    /// One batch describe with the id filter (`instance-id`, `volume-id`): it
+    /// lists what exists and silently leaves out the rest. The caller has
+    /// already taken a token.
     fn describe(
         &self,
         region: &str,
         ids: &[String],
-    ) -> impl Future<Output = Result<Vec<Seen>, CallError>> + Send;
-    /// One describe naming the ids (`InstanceIds`): it fails as a whole with
-    /// `InvalidInstanceID.NotFound`, naming unknown ids, if any is unknown.
-    /// The caller has already taken a token.
+    ) -> impl Future<Output = Result<Vec<T>, CallError>> + Send;
+    /// One describe naming the ids: it fails as a whole with a not-found
+    /// error naming unknown ids, if any is unknown. The caller has already
+    /// taken a token.
     fn describe_named(
         &self,
         region: &str,
         ids: &[String],
-    ) -> impl Future<Output = Result<Vec<Seen>, CallError>> + Send;
+    ) -> impl Future<Output = Result<Vec<T>, CallError>> + Send;
 }
 
-impl Describer for super::Regions {
+impl Paced for super::Regions {
     fn read_bucket(&self, region: &str) -> Arc<TokenBucket> {
         super::Regions::read_bucket(self, region)
     }
@@ -53,7 +74,9 @@ impl Describer for super::Regions {
     fn slots(&self) -> Option<&Semaphore> {
         Some(&self.slots)
     }
+}
 
+impl Describer<Seen> for super::Regions {
     fn describe(
         &self,
         region: &str,
@@ -68,6 +91,24 @@ impl Describer for super::Regions {
         ids: &[String],
     ) -> impl Future<Output = Result<Vec<Seen>, CallError>> + Send {
         self.describe_by_ids(region, ids)
+    }
+}
+
+impl Describer<VolumeSeen> for super::Regions {
+    fn describe(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<VolumeSeen>, CallError>> + Send {
+        self.describe_volumes_batch(region, ids)
+    }
+
+    fn describe_named(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<VolumeSeen>, CallError>> + Send {
+        self.describe_volumes_by_ids(region, ids)
     }
 }
 
@@ -87,6 +128,10 @@ pub enum Reply {
     NotFound,
     /// Asked about by owner: the instances tagged with that Workspace's uid.
     Owned(Vec<Seen>),
+    /// A describe listed the volume.
+    Volume(VolumeSeen),
+    /// Asked about by owner: the volumes tagged with that Workspace's uid.
+    OwnedVolumes(Vec<VolumeSeen>),
     /// No clean answer: the call failed, timed out, or an omission could not
     /// be confirmed by id.
     Failed(CallError),
@@ -101,11 +146,16 @@ impl Answer {
     }
 }
 
-/// A describe that gave no answer for a reason of tend's own (a timeout, a
-/// deadline, an answer that left out an id it named).
+/// A DescribeInstances that gave no answer for a reason of tend's own (a
+/// timeout, a deadline, an answer that left out an id it named).
 pub fn unanswered(why: impl Into<String>) -> CallError {
+    unanswered_in("DescribeInstances", why)
+}
+
+/// A describe that gave no answer for a reason of tend's own.
+pub fn unanswered_in(operation: &'static str, why: impl Into<String>) -> CallError {
     CallError {
-        operation: "DescribeInstances",
+        operation,
         kind: ErrorKind::Transient,
         code: None,
         message: why.into(),
@@ -141,7 +191,7 @@ struct Job {
 /// Describes every `(region, id)`, bounded by `deadline`: whatever has no
 /// answer by then is `Failed`. An id that a filtered describe leaves out is
 /// asked about by id; only EC2 naming it as not found is `NotFound`.
-pub async fn describe_all<D: Describer>(
+pub async fn describe_all<T: Listed, D: Describer<T>>(
     describer: &D,
     ids_by_region: &HashMap<String, Vec<String>>,
     settings: BatchSettings,
@@ -212,7 +262,10 @@ pub async fn describe_all<D: Describer>(
                 drop(in_flight);
                 for id in ids_by_region.values().flatten() {
                     answers.entry(id.clone()).or_insert_with(|| {
-                        Answer::failed(started, unanswered("no answer within the deadline"))
+                        Answer::failed(
+                            started,
+                            unanswered_in(T::OPERATION, "no answer within the deadline"),
+                        )
                     });
                 }
                 stats.timed_out += 1;
@@ -230,17 +283,17 @@ pub async fn describe_all<D: Describer>(
             }
         }
         match result {
-            Ok(Ok(instances)) => {
+            Ok(Ok(listed)) => {
                 stats.ok += 1;
-                let mut by_id: HashMap<String, Seen> =
-                    instances.into_iter().map(|i| (i.id.clone(), i)).collect();
+                let mut by_id: HashMap<String, T> =
+                    listed.into_iter().map(|i| (i.id().to_owned(), i)).collect();
                 let mut left_out = Vec::new();
                 for id in job.ids {
-                    let Some(instance) = by_id.remove(id.as_str()) else {
+                    let Some(found) = by_id.remove(id.as_str()) else {
                         left_out.push(id);
                         continue;
                     };
-                    let reply = Reply::Found(instance);
+                    let reply = found.found();
                     answers.insert(id, Answer { asked_at, reply });
                 }
                 match job.ask {
@@ -250,13 +303,13 @@ pub async fn describe_all<D: Describer>(
                         &mut answers,
                         &left_out,
                         asked_at,
-                        &unanswered("left out of an answer that named it"),
+                        &unanswered_in(T::OPERATION, "left out of an answer that named it"),
                     ),
                 }
             }
             Ok(Err(e)) => {
                 if job.ask == Ask::ById
-                    && let Some(named) = not_found_ids(&e)
+                    && let Some(named) = T::absent_named(&e)
                 {
                     stats.ok += 1;
                     confirmed_absent(&mut pending, &mut answers, job, asked_at, &named, &e);
@@ -272,7 +325,10 @@ pub async fn describe_all<D: Describer>(
             }
             Err(_) => {
                 stats.timed_out += 1;
-                let why = unanswered(format!("timed out after {:?}", settings.probe_timeout));
+                let why = unanswered_in(
+                    T::OPERATION,
+                    format!("timed out after {:?}", settings.probe_timeout),
+                );
                 split_or_fail(&mut pending, &mut answers, job, asked_at, true, &why);
             }
         }
@@ -284,7 +340,7 @@ pub async fn describe_all<D: Describer>(
 /// flight (shared with every other round of reads, where there is one),
 /// a token of the region's bucket, then the call under its own timeout.
 /// Returns when the call was sent and how long the bucket made it wait.
-pub(super) async fn paced<D: Describer, T>(
+pub(super) async fn paced<D: Paced + ?Sized, T>(
     describer: &D,
     region: &str,
     timeout: Duration,

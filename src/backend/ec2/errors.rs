@@ -66,14 +66,20 @@ impl CallError {
 /// for any other error. EC2 names every unknown id of the call ("The instance
 /// IDs 'i-1, i-2' do not exist"); moto names only the first.
 pub fn not_found_ids(error: &CallError) -> Option<Vec<String>> {
-    if error.code.as_deref() != Some("InvalidInstanceID.NotFound") {
+    named_in(error, "InvalidInstanceID.NotFound", "i-")
+}
+
+/// The ids with `prefix` (`i-`, `vol-`) that a not-found error with `code`
+/// names, or `None` for any other error.
+pub(super) fn named_in(error: &CallError, code: &str, prefix: &str) -> Option<Vec<String>> {
+    if error.code.as_deref() != Some(code) {
         return None;
     }
     let ids = error
         .message
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
         .filter(|word| {
-            word.strip_prefix("i-")
+            word.strip_prefix(prefix)
                 .is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()))
         })
         .map(str::to_owned)
@@ -196,6 +202,23 @@ mod tests {
             ..not_found("The instance ID 'i-1a2b3c4d' does not exist")
         };
         assert_eq!(not_found_ids(&throttled), None);
+    }
+
+    #[test]
+    fn volume_not_found_errors_name_their_volumes() {
+        let error = CallError {
+            operation: "DescribeVolumes",
+            code: Some("InvalidVolume.NotFound".into()),
+            // moto prints a set; EC2 a comma-separated list.
+            ..not_found("The volume '{'vol-0a1b', 'vol-2c3d'}' does not exist.")
+        };
+        let named = named_in(&error, "InvalidVolume.NotFound", "vol-");
+        assert_eq!(
+            named,
+            Some(vec!["vol-0a1b".to_owned(), "vol-2c3d".to_owned()])
+        );
+        // An instance's not-found never names volumes.
+        assert_eq!(named_in(&error, "InvalidInstanceID.NotFound", "vol-"), None);
     }
 
     #[test]

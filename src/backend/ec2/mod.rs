@@ -15,6 +15,7 @@ mod provision;
 mod reads;
 mod seen;
 mod state;
+mod subnets;
 mod teardown;
 mod user_data;
 mod volume;
@@ -28,12 +29,12 @@ use aws_sdk_ec2::types::{
     Filter, HibernationOptionsRequest, IamInstanceProfileSpecification, Instance,
     InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceStateName,
     LaunchTemplateSpecification, MarketType, ResourceType, SpotInstanceType, SpotMarketOptions,
-    Volume, VolumeState, VolumeType,
+    VolumeState, VolumeType,
 };
 use jiff::Timestamp;
 use tokio::time::Instant;
 
-pub use batch::{Answer, BatchSettings, Describer, Reply, describe_all};
+pub use batch::{Answer, BatchSettings, Describer, Listed, Paced, Reply, describe_all};
 use client::single_attempt;
 pub use client::{Ec2Region, Regions};
 pub use errors::{kind_of_code, not_found_ids};
@@ -43,7 +44,7 @@ pub use ownership::{
     TAG_CLUSTER, TAG_LAUNCH, TAG_NAME, TAG_NAMESPACE, TAG_UID, TAG_VOLUME, VOLUME_DATA, VOLUME_ROOT,
 };
 pub use reads::Read;
-pub use seen::Seen;
+pub use seen::{Seen, VolumeSeen};
 pub use state::{classify, classify_instance, classify_missing};
 
 use crate::api::{
@@ -74,6 +75,8 @@ pub struct Ec2Backend {
     reads: reads::Reads,
     /// Instances just described, for the launch step that follows a look.
     recent: reads::Recent,
+    /// Each subnet's zone and VPC, described once.
+    subnets: subnets::Subnets,
     /// When each data volume was first proven absent; see `volume.rs`.
     volumes_missing: Mutex<HashMap<String, std::time::Instant>>,
     /// Reads the user data Secret a launch names.
@@ -94,6 +97,7 @@ impl Ec2Backend {
             regions,
             reads,
             recent: reads::Recent::default(),
+            subnets: subnets::Subnets::default(),
             volumes_missing: Mutex::new(HashMap::new()),
             kube,
         }
@@ -134,10 +138,58 @@ impl Ec2Backend {
             Some(Reply::Found(seen)) => Ok(Some(seen)),
             Some(Reply::NotFound) => Ok(None),
             Some(Reply::Failed(e)) => Err(e),
-            Some(Reply::Owned(_)) | None => Err(batch::unanswered(format!(
+            Some(_) | None => Err(batch::unanswered(format!(
                 "no answer about {id} within the deadline"
             ))),
         }
+    }
+
+    /// One volume, through the batcher: `None` if EC2, asked about it by
+    /// id, says it does not exist.
+    async fn volume(&self, region: &str, id: &str) -> Result<Option<VolumeSeen>, CallError> {
+        let read = Read::Volume {
+            region: region.to_owned(),
+            id: id.to_owned(),
+        };
+        match self.ask_one(read).await {
+            Some(Reply::Volume(seen)) => Ok(Some(seen)),
+            Some(Reply::NotFound) => Ok(None),
+            Some(Reply::Failed(e)) => Err(e),
+            Some(_) | None => Err(batch::unanswered_in(
+                "DescribeVolumes",
+                format!("no answer about {id} within the deadline"),
+            )),
+        }
+    }
+
+    /// This Workspace's data volumes, found by its ownership tags through
+    /// the batcher, oldest first. RunInstances puts the same tags on root
+    /// volumes; those are left out.
+    async fn owned_data_volumes(
+        &self,
+        region: &str,
+        owner: &Owner<'_>,
+    ) -> Result<Vec<VolumeSeen>, CallError> {
+        let read = Read::OwnedVolumes {
+            region: region.to_owned(),
+            uid: owner.uid.to_owned(),
+        };
+        let found = match self.ask_one(read).await {
+            Some(Reply::OwnedVolumes(seen)) => seen,
+            Some(Reply::Failed(e)) => return Err(e),
+            _ => {
+                return Err(batch::unanswered_in(
+                    "DescribeVolumes",
+                    "no answer about the Workspace's volumes within the deadline",
+                ));
+            }
+        };
+        let mut volumes: Vec<VolumeSeen> = found
+            .into_iter()
+            .filter(|v| v.cluster.as_deref() == Some(owner.cluster) && v.is_data())
+            .collect();
+        volumes.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(volumes)
     }
 
     /// Every instance tagged as this Workspace's, through the batcher.
@@ -302,12 +354,4 @@ fn tag_filter(key: &str, value: &str) -> Filter {
         .name(format!("tag:{key}"))
         .values(value)
         .build()
-}
-
-/// Filters for what a Workspace owns: its uid and cluster tags.
-fn owned_by(owner: &Owner<'_>) -> Vec<Filter> {
-    vec![
-        tag_filter(TAG_UID, owner.uid),
-        tag_filter(TAG_CLUSTER, owner.cluster),
-    ]
 }

@@ -8,7 +8,7 @@ use crate::core::elapsed;
 /// Describes every probe's instance through [`describe_all`] (batched per
 /// region, bisected, absence proven by id, bounded by `deadline`) and says
 /// what each answer means: one sighting per probe, in order.
-pub async fn observe_instances<D: Describer>(
+pub async fn observe_instances<D: Describer<Seen>>(
     describer: &D,
     probes: &[Probe],
     batch: BatchSettings,
@@ -22,7 +22,8 @@ pub async fn observe_instances<D: Describer>(
             .or_default()
             .push(p.id.clone());
     }
-    let (answers, calls) = describe_all(describer, &ids_by_region, batch, deadline).await;
+    let (answers, calls) =
+        describe_all::<Seen, D>(describer, &ids_by_region, batch, deadline).await;
     let now = Timestamp::now();
     let sightings = probes
         .iter()
@@ -69,6 +70,8 @@ pub fn sighting(
             }
         }
         Reply::Failed(error) => Sighting::unknown(error.to_string(), asked_at),
-        Reply::Owned(_) => Sighting::unknown("asked about by owner, not by id", asked_at),
+        Reply::Owned(_) | Reply::Volume(_) | Reply::OwnedVolumes(_) => {
+            Sighting::unknown("not an answer about this instance", asked_at)
+        }
     }
 }

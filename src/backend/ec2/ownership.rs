@@ -75,16 +75,6 @@ impl Owner<'_> {
             .build()
     }
 
-    /// Refuses unless the resource carries this Workspace's uid and cluster tags.
-    pub fn check(&self, resource: &str, tags: &[Tag]) -> Result<(), BackendError> {
-        let tag = |key: &str| {
-            tags.iter()
-                .find(|t| t.key() == Some(key))
-                .and_then(|t| t.value())
-        };
-        self.check_marks(resource, tag(TAG_UID), tag(TAG_CLUSTER))
-    }
-
     /// Refuses unless `uid` and `cluster`, the resource's ownership tags,
     /// are this Workspace's.
     pub fn check_marks(
@@ -111,15 +101,6 @@ impl Owner<'_> {
     }
 }
 
-/// Whether a volume carrying this Workspace's ownership tags is its data
-/// volume. Root volumes are marked [`VOLUME_ROOT`]; volumes without the marker
-/// predate it, when only data volumes were tagged, so they count as data.
-pub fn is_data_volume(tags: &[Tag]) -> bool {
-    tags.iter()
-        .find(|t| t.key() == Some(TAG_VOLUME))
-        .is_none_or(|t| t.value() == Some(VOLUME_DATA))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,30 +114,19 @@ mod tests {
         }
     }
 
-    fn tag(k: &str, v: &str) -> Tag {
-        Tag::builder().key(k).value(v).build()
-    }
-
     #[test]
     fn own_tags_pass() {
-        assert!(
-            owner()
-                .check("i-1", &[tag(TAG_UID, "u-1"), tag(TAG_CLUSTER, "c")])
-                .is_ok()
-        );
+        assert!(owner().check_marks("i-1", Some("u-1"), Some("c")).is_ok());
     }
 
     #[test]
     fn untagged_and_other_owners_are_refused() {
-        assert!(owner().check("i-1", &[]).is_err());
+        assert!(owner().check_marks("i-1", None, None).is_err());
+        assert!(owner().check_marks("i-1", Some("u-1"), None).is_err());
+        assert!(owner().check_marks("i-1", Some("u-2"), Some("c")).is_err());
         assert!(
             owner()
-                .check("i-1", &[tag(TAG_UID, "u-2"), tag(TAG_CLUSTER, "c")])
-                .is_err()
-        );
-        assert!(
-            owner()
-                .check("i-1", &[tag(TAG_UID, "u-1"), tag(TAG_CLUSTER, "other")])
+                .check_marks("i-1", Some("u-1"), Some("other"))
                 .is_err()
         );
     }
@@ -175,18 +145,5 @@ mod tests {
                 assert_ne!(o.volume_token(n), o.client_token(m));
             }
         }
-    }
-
-    #[test]
-    fn root_volumes_are_not_data_volumes_and_unmarked_ones_are() {
-        assert!(is_data_volume(&[
-            tag(TAG_UID, "u-1"),
-            tag(TAG_VOLUME, VOLUME_DATA)
-        ]));
-        assert!(!is_data_volume(&[
-            tag(TAG_UID, "u-1"),
-            tag(TAG_VOLUME, VOLUME_ROOT)
-        ]));
-        assert!(is_data_volume(&[tag(TAG_UID, "u-1")]));
     }
 }

@@ -31,7 +31,7 @@ impl Ec2Backend {
             }
             // No instance for a volume that is gone or someone else's.
             if let DataVolume::Confirming(why) = self
-                .check_data_volume(&client, region, volume_id, None, owner)
+                .check_data_volume(region, volume_id, None, owner)
                 .await?
             {
                 return Ok(Step::Wait(why));
@@ -39,7 +39,7 @@ impl Ec2Backend {
             // Only the launch itself needs the user data.
             let user_data = self.user_data(ws, spec).await?;
             return self
-                .launch(&client, spec, owner, zone, number, user_data)
+                .launch(region, spec, owner, zone, number, user_data)
                 .await;
         };
         let Some(instance) = self.instance(region, instance_id).await? else {
@@ -59,13 +59,13 @@ impl Ec2Backend {
         }
         instance.owned_by(owner)?;
         let volume = match self
-            .check_data_volume(&client, region, volume_id, Some(instance_id), owner)
+            .check_data_volume(region, volume_id, Some(instance_id), owner)
             .await?
         {
             DataVolume::Usable(volume) => volume,
             DataVolume::Confirming(why) => return Ok(Step::Wait(why)),
         };
-        match volume.state() {
+        match volume.state.as_ref() {
             // Never two instances on one volume: attach only once it is free.
             Some(VolumeState::Available) => {
                 client
@@ -93,14 +93,17 @@ impl Ec2Backend {
 
     async fn launch(
         &self,
-        client: &Ec2Region,
+        region: &str,
         spec: &Ec2Spec,
         owner: &Owner<'_>,
         zone: &str,
         number: u32,
         user_data: Option<String>,
     ) -> Result<Step, BackendError> {
-        let subnet = subnet_in_zone(client, &spec.subnet_id, zone).await?;
+        let client = self.region(region);
+        let subnet = self
+            .subnet_in_zone(&client, region, &spec.subnet_id, zone)
+            .await?;
         let mut run = client
             .run_instances()
             .min_count(1)
@@ -259,6 +262,47 @@ impl Ec2Backend {
             .map(|i| launched_record(i, "DescribeInstances"))
             .transpose()
     }
+
+    /// The spec's subnet if it lies in `zone`, else another subnet of the
+    /// same VPC there: an EBS volume attaches only to an instance in its own
+    /// zone. Of several, always the same one (the lowest id), whatever order
+    /// EC2 lists them in.
+    async fn subnet_in_zone(
+        &self,
+        client: &Ec2Region,
+        region: &str,
+        subnet_id: &str,
+        zone: &str,
+    ) -> Result<String, BackendError> {
+        let subnet = self.subnets.get(client, region, subnet_id).await?;
+        if subnet.zone == zone {
+            return Ok(subnet_id.to_owned());
+        }
+        let vpc = subnet.vpc;
+        let others = client
+            .call(
+                Family::Read,
+                "DescribeSubnets",
+                client
+                    .describe_subnets()
+                    .filters(Filter::builder().name("vpc-id").values(&vpc).build())
+                    .filters(
+                        Filter::builder()
+                            .name("availability-zone")
+                            .values(zone)
+                            .build(),
+                    )
+                    .send(),
+            )
+            .await?;
+        lowest_subnet_id(others.subnets())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                BackendError::Invalid(format!(
+                    "the data volume is in {zone}, but VPC {vpc} has no subnet there"
+                ))
+            })
+    }
 }
 
 fn launched_record(seen: &Seen, operation: &'static str) -> Result<Step, BackendError> {
@@ -269,54 +313,6 @@ fn launched_record(seen: &Seen, operation: &'static str) -> Result<Step, Backend
         id: seen.id.clone(),
         at: seen.launched_at.unwrap_or_else(Timestamp::now),
     }))
-}
-
-/// The spec's subnet if it lies in `zone`, else another subnet of the same VPC
-/// there: an EBS volume attaches only to an instance in its own zone. Of
-/// several, always the same one (the lowest id), whatever order EC2 lists them in.
-async fn subnet_in_zone(
-    client: &Ec2Region,
-    subnet_id: &str,
-    zone: &str,
-) -> Result<String, BackendError> {
-    let out = client
-        .call(
-            Family::Read,
-            "DescribeSubnets",
-            client.describe_subnets().subnet_ids(subnet_id).send(),
-        )
-        .await?;
-    let subnet = out
-        .subnets()
-        .first()
-        .ok_or_else(|| CallError::malformed("DescribeSubnets", "no subnet"))?;
-    if subnet.availability_zone() == Some(zone) {
-        return Ok(subnet_id.to_owned());
-    }
-    let vpc = subnet.vpc_id().unwrap_or_default();
-    let others = client
-        .call(
-            Family::Read,
-            "DescribeSubnets",
-            client
-                .describe_subnets()
-                .filters(Filter::builder().name("vpc-id").values(vpc).build())
-                .filters(
-                    Filter::builder()
-                        .name("availability-zone")
-                        .values(zone)
-                        .build(),
-                )
-                .send(),
-        )
-        .await?;
-    lowest_subnet_id(others.subnets())
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            BackendError::Invalid(format!(
-                "the data volume is in {zone}, but VPC {vpc} has no subnet there"
-            ))
-        })
 }
 
 fn lowest_subnet_id(subnets: &[aws_sdk_ec2::types::Subnet]) -> Option<&str> {

@@ -1,8 +1,8 @@
 //! The one batcher of EC2 reads. The sweep's describes, a reconcile's look,
-//! a launch's check on its instance, a teardown's search for what a
-//! Workspace owns: each is a question to [`Reads`], and questions that come
-//! close together go out as one describe per region and batch, with the
-//! same timeouts, rate limits, bisection and proof of absence.
+//! a launch's check on its instance and its data volume, a teardown's search
+//! for what a Workspace owns: each is a question to [`Reads`], and questions
+//! that come close together go out as one describe per region and batch,
+//! with the same timeouts, rate limits, bisection and proof of absence.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,18 +13,22 @@ use futures::future::join_all;
 use jiff::Timestamp;
 use tokio::time::Instant;
 
-use super::batch::{paced, unanswered};
-use super::{Answer, BatchSettings, Regions, Reply, describe_all};
+use super::batch::{Listed, paced, unanswered_in};
+use super::{Answer, BatchSettings, Regions, Reply, Seen, VolumeSeen, describe_all};
 use crate::backend::batcher::{Batcher, Window};
-use crate::backend::{CallStats, ErrorKind};
+use crate::backend::{CallError, CallStats, ErrorKind};
 
 /// One thing to read.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Read {
     /// An instance, by its id.
     Instance { region: String, id: String },
+    /// A volume, by its id.
+    Volume { region: String, id: String },
     /// The instances tagged with a Workspace's uid (in tend's cluster).
     Owned { region: String, uid: String },
+    /// The volumes tagged with a Workspace's uid (in tend's cluster).
+    OwnedVolumes { region: String, uid: String },
 }
 
 pub type Reads = Batcher<Read, Answer, CallStats>;
@@ -52,8 +56,18 @@ pub fn reads(regions: Arc<Regions>, batch: BatchSettings, cluster: String) -> Re
     )
 }
 
-/// One round: the instances asked about by id through [`describe_all`],
-/// the owners' instances by their uid tags, side by side.
+/// The items of one round, sorted by what is asked and the region.
+#[derive(Default)]
+struct Sorted {
+    instances: HashMap<String, Vec<String>>,
+    volumes: HashMap<String, Vec<String>>,
+    instance_owners: HashMap<String, Vec<String>>,
+    volume_owners: HashMap<String, Vec<String>>,
+}
+
+/// One round: instances and volumes asked about by id through
+/// [`describe_all`], owners' instances and volumes by their uid tags, all
+/// side by side.
 async fn read_all(
     regions: &Regions,
     items: Vec<Read>,
@@ -61,44 +75,121 @@ async fn read_all(
     cluster: &str,
     deadline: Instant,
 ) -> (HashMap<Read, Answer>, CallStats) {
-    let mut ids: HashMap<String, Vec<String>> = HashMap::new();
-    let mut owners: HashMap<String, Vec<String>> = HashMap::new();
+    let mut sorted = Sorted::default();
     for item in items {
-        match item {
-            Read::Instance { region, id } => ids.entry(region).or_default().push(id),
-            Read::Owned { region, uid } => owners.entry(region).or_default().push(uid),
-        }
+        let (map, region, key) = match item {
+            Read::Instance { region, id } => (&mut sorted.instances, region, id),
+            Read::Volume { region, id } => (&mut sorted.volumes, region, id),
+            Read::Owned { region, uid } => (&mut sorted.instance_owners, region, uid),
+            Read::OwnedVolumes { region, uid } => (&mut sorted.volume_owners, region, uid),
+        };
+        map.entry(region).or_default().push(key);
     }
-    let by_id = async {
-        if ids.is_empty() {
-            return (HashMap::new(), CallStats::default());
-        }
-        describe_all(regions, &ids, batch, deadline).await
-    };
-    let ((found, mut stats), (owned, owned_stats)) =
-        futures::join!(by_id, owned_all(regions, &owners, batch, cluster, deadline));
-    stats.add(&owned_stats);
-    let mut answers = HashMap::with_capacity(found.len() + owned.len());
-    for (region, ids) in ids {
-        for id in ids {
-            if let Some(answer) = found.get(&id) {
-                answers.insert(
-                    Read::Instance {
-                        region: region.clone(),
-                        id,
-                    },
-                    answer.clone(),
-                );
-            }
-        }
+    let (instances, volumes, instance_owners, volume_owners) = futures::join!(
+        by_id::<Seen>(regions, sorted.instances, batch, deadline),
+        by_id::<VolumeSeen>(regions, sorted.volumes, batch, deadline),
+        owned_all::<Seen>(regions, &sorted.instance_owners, batch, cluster, deadline),
+        owned_all::<VolumeSeen>(regions, &sorted.volume_owners, batch, cluster, deadline),
+    );
+    let mut answers = HashMap::new();
+    let mut stats = CallStats::default();
+    for (part, part_stats) in [instances, volumes, instance_owners, volume_owners] {
+        answers.extend(part);
+        stats.add(&part_stats);
     }
-    answers.extend(owned);
     (answers, stats)
 }
 
-/// The instances of each owner, in batches of uids per region; a batch
-/// that fails leaves its owners without a clean answer.
-async fn owned_all(
+/// What [`Read`]s can ask about by id, and by owner.
+trait Readable: Listed {
+    fn by_id(region: String, id: String) -> Read;
+    fn by_owner(region: String, uid: String) -> Read;
+    /// The reply to a question by owner.
+    fn owned(all: Vec<Self>) -> Reply;
+    /// The `tend.dev/workspace-uid` tag.
+    fn uid(&self) -> Option<&str>;
+    fn describe_owned(
+        regions: &Regions,
+        region: &str,
+        uids: &[String],
+        cluster: &str,
+    ) -> impl Future<Output = Result<Vec<Self>, CallError>> + Send;
+}
+
+impl Readable for Seen {
+    fn by_id(region: String, id: String) -> Read {
+        Read::Instance { region, id }
+    }
+    fn by_owner(region: String, uid: String) -> Read {
+        Read::Owned { region, uid }
+    }
+    fn owned(all: Vec<Self>) -> Reply {
+        Reply::Owned(all)
+    }
+    fn uid(&self) -> Option<&str> {
+        self.uid.as_deref()
+    }
+    fn describe_owned(
+        regions: &Regions,
+        region: &str,
+        uids: &[String],
+        cluster: &str,
+    ) -> impl Future<Output = Result<Vec<Self>, CallError>> + Send {
+        regions.describe_owned(region, uids, cluster)
+    }
+}
+
+impl Readable for VolumeSeen {
+    fn by_id(region: String, id: String) -> Read {
+        Read::Volume { region, id }
+    }
+    fn by_owner(region: String, uid: String) -> Read {
+        Read::OwnedVolumes { region, uid }
+    }
+    fn owned(all: Vec<Self>) -> Reply {
+        Reply::OwnedVolumes(all)
+    }
+    fn uid(&self) -> Option<&str> {
+        self.uid.as_deref()
+    }
+    fn describe_owned(
+        regions: &Regions,
+        region: &str,
+        uids: &[String],
+        cluster: &str,
+    ) -> impl Future<Output = Result<Vec<Self>, CallError>> + Send {
+        regions.describe_owned_volumes(region, uids, cluster)
+    }
+}
+
+/// Instances or volumes by id, each answer under the question that asked.
+async fn by_id<T: Readable>(
+    regions: &Regions,
+    ids: HashMap<String, Vec<String>>,
+    batch: BatchSettings,
+    deadline: Instant,
+) -> (HashMap<Read, Answer>, CallStats)
+where
+    Regions: super::Describer<T>,
+{
+    if ids.is_empty() {
+        return (HashMap::new(), CallStats::default());
+    }
+    let (mut found, stats) = describe_all::<T, _>(regions, &ids, batch, deadline).await;
+    let mut answers = HashMap::with_capacity(found.len());
+    for (region, ids) in ids {
+        for id in ids {
+            if let Some(answer) = found.remove(&id) {
+                answers.insert(T::by_id(region.clone(), id), answer);
+            }
+        }
+    }
+    (answers, stats)
+}
+
+/// What each owner has, in batches of uids per region; a batch that fails
+/// leaves its owners without a clean answer.
+async fn owned_all<T: Readable>(
     regions: &Regions,
     owners: &HashMap<String, Vec<String>>,
     batch: BatchSettings,
@@ -107,7 +198,7 @@ async fn owned_all(
 ) -> (HashMap<Read, Answer>, CallStats) {
     let rounds = owners.iter().flat_map(|(region, uids)| {
         uids.chunks(batch.batch_size.max(1))
-            .map(move |chunk| owned_batch(regions, region, chunk, batch, cluster))
+            .map(move |chunk| owned_batch::<T>(regions, region, chunk, batch, cluster))
     });
     let done = tokio::time::timeout_at(deadline, join_all(rounds)).await;
     let mut answers = HashMap::new();
@@ -118,9 +209,9 @@ async fn owned_all(
     };
     for (region, uids, asked_at, result) in done {
         let reply = |uid: &String| match &result {
-            Ok(seen) => Reply::Owned(
+            Ok(seen) => T::owned(
                 seen.iter()
-                    .filter(|s| s.uid.as_ref() == Some(uid))
+                    .filter(|s| s.uid() == Some(uid.as_str()))
                     .cloned()
                     .collect(),
             ),
@@ -136,38 +227,27 @@ async fn owned_all(
                 asked_at,
                 reply: reply(&uid),
             };
-            answers.insert(
-                Read::Owned {
-                    region: region.to_owned(),
-                    uid,
-                },
-                answer,
-            );
+            answers.insert(T::by_owner(region.to_owned(), uid), answer);
         }
     }
     (answers, stats)
 }
 
-async fn owned_batch<'a>(
+async fn owned_batch<'a, T: Readable>(
     regions: &Regions,
     region: &'a str,
     uids: &[String],
     batch: BatchSettings,
     cluster: &str,
-) -> (
-    &'a str,
-    Vec<String>,
-    Timestamp,
-    Result<Vec<super::Seen>, crate::backend::CallError>,
-) {
-    let call = regions.describe_owned(region, uids, cluster);
+) -> (&'a str, Vec<String>, Timestamp, Result<Vec<T>, CallError>) {
+    let call = T::describe_owned(regions, region, uids, cluster);
     let (asked_at, _, result) = paced(regions, region, batch.probe_timeout, call).await;
     let result = match result {
         Ok(result) => result,
-        Err(_) => Err(unanswered(format!(
-            "timed out after {:?}",
-            batch.probe_timeout
-        ))),
+        Err(_) => Err(unanswered_in(
+            T::OPERATION,
+            format!("timed out after {:?}", batch.probe_timeout),
+        )),
     };
     (region, uids.to_vec(), asked_at, result)
 }
@@ -180,7 +260,7 @@ async fn owned_batch<'a>(
 /// followed by a launch step.
 #[derive(Default)]
 pub struct Recent {
-    kept: Mutex<HashMap<String, (Timestamp, super::Seen)>>,
+    kept: Mutex<HashMap<String, (Timestamp, Seen)>>,
 }
 
 impl Recent {
@@ -205,7 +285,7 @@ impl Recent {
         }
     }
 
-    pub fn get(&self, id: &str) -> Option<super::Seen> {
+    pub fn get(&self, id: &str) -> Option<Seen> {
         let kept = self.kept.lock().expect("recent lock");
         kept.get(id)
             .filter(|(asked_at, _)| young(*asked_at, Timestamp::now()))

@@ -1,9 +1,6 @@
 //! Releasing: terminate every instance of a Workspace, then keep or delete its
 //! data volumes.
 
-use aws_sdk_ec2::types::VolumeAttachmentState;
-
-use super::volume::{tagged_data_volumes, volume_by_id};
 use super::*;
 
 impl Ec2Backend {
@@ -67,20 +64,20 @@ impl Ec2Backend {
         if spec.volume.reclaim_policy == ReclaimPolicy::Retain {
             return Ok(Step::Done);
         }
-        let mut volumes = tagged_data_volumes(&client, owner).await?;
+        let mut volumes = self.owned_data_volumes(region, owner).await?;
         if let Some(id) = &status.volume_id
-            && !volumes.iter().any(|v| v.volume_id() == Some(id))
-            && let Some(recorded) = volume_by_id(&client, id).await?
+            && !volumes.iter().any(|v| &v.id == id)
+            && let Some(recorded) = self.volume(region, id).await?
         {
             volumes.push(recorded);
         }
         for volume in &volumes {
-            let id = volume.volume_id().unwrap_or_default();
-            if let Err(e) = owner.check(id, volume.tags()) {
+            let id = volume.id.as_str();
+            if let Err(e) = volume.owned_by(owner) {
                 skipped.push(e.to_string());
                 continue;
             }
-            match volume.state() {
+            match volume.state.as_ref() {
                 Some(VolumeState::Available) => {
                     client
                         .call(
@@ -117,11 +114,10 @@ impl Ec2Backend {
 }
 
 /// An instance other than this Workspace's own that holds the volume.
-fn foreign_holder<'a>(volume: &'a Volume, own: &[&str]) -> Option<&'a str> {
+fn foreign_holder<'a>(volume: &'a VolumeSeen, own: &[&str]) -> Option<&'a str> {
     volume
-        .attachments()
+        .holders
         .iter()
-        .filter(|a| !matches!(a.state(), Some(VolumeAttachmentState::Detached)))
-        .filter_map(|a| a.instance_id())
+        .map(String::as_str)
         .find(|i| !own.contains(i))
 }

@@ -61,11 +61,13 @@ fn running(id: &str) -> Instance {
         .build()
 }
 
-impl Describer for Scripted {
+impl Paced for Scripted {
     fn read_bucket(&self, _region: &str) -> Arc<TokenBucket> {
         self.bucket.clone()
     }
+}
 
+impl Describer for Scripted {
     async fn describe(&self, region: &str, ids: &[String]) -> Result<Vec<Seen>, CallError> {
         self.sizes.lock().unwrap().push(ids.len());
         let mut listed = self.answer(region, ids).await?;
