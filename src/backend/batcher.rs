@@ -137,11 +137,22 @@ async fn collect<Q, A, S>(
 
 /// The questions of one window.
 struct Round<Q, A, S> {
+    /// The distinct items of every question, in the order first asked.
     items: Vec<Q>,
-    seen: HashSet<Q>,
+    /// The same items, to tell a new one; built only once a second question
+    /// joins, so that a lone question (a sweep of thousands of ids) is never
+    /// copied.
+    seen: Option<HashSet<Q>>,
     /// The latest of the askers' deadlines.
     deadline: Instant,
-    askers: Vec<Question<Q, A, S>>,
+    askers: Vec<Asker<Q, A, S>>,
+}
+
+struct Asker<Q, A, S> {
+    /// What it asked about; `None` for the first asker while it is alone,
+    /// whose items are the round's own.
+    items: Option<Vec<Q>>,
+    reply: oneshot::Sender<(HashMap<Q, A>, S)>,
 }
 
 impl<Q, A, S> Round<Q, A, S>
@@ -150,26 +161,42 @@ where
     A: Clone,
     S: Clone,
 {
-    /// A round opened by its first question.
+    /// A round opened by its first question, whose items it takes over.
     fn of(question: Question<Q, A, S>) -> Self {
-        let mut round = Round {
-            items: Vec::new(),
-            seen: HashSet::new(),
-            deadline: question.deadline,
-            askers: Vec::new(),
-        };
-        round.join(question);
-        round
+        let Question {
+            mut items,
+            deadline,
+            reply,
+        } = question;
+        distinct(&mut items);
+        Round {
+            items,
+            seen: None,
+            deadline,
+            askers: vec![Asker { items: None, reply }],
+        }
     }
 
     fn join(&mut self, question: Question<Q, A, S>) {
+        let items = &self.items;
+        let seen = self
+            .seen
+            .get_or_insert_with(|| items.iter().cloned().collect());
+        if let Some(first) = self.askers.first_mut()
+            && first.items.is_none()
+        {
+            first.items = Some(self.items.clone());
+        }
         for item in &question.items {
-            if self.seen.insert(item.clone()) {
+            if seen.insert(item.clone()) {
                 self.items.push(item.clone());
             }
         }
         self.deadline = self.deadline.max(question.deadline);
-        self.askers.push(question);
+        self.askers.push(Asker {
+            items: Some(question.items),
+            reply: question.reply,
+        });
     }
 
     /// Reads the window's items once, and hands each asker its answers.
@@ -188,14 +215,31 @@ where
             _ = all_gone => return,
         };
         for asker in askers {
-            let mine = asker
-                .items
-                .iter()
-                .filter_map(|q| Some((q.clone(), answers.get(q)?.clone())))
-                .collect();
+            let mine = match asker.items {
+                // Alone in its round: every answer is its own, as it is.
+                None => {
+                    let _ = asker.reply.send((answers, report));
+                    return;
+                }
+                Some(items) => items
+                    .iter()
+                    .filter_map(|q| Some((q.clone(), answers.get(q)?.clone())))
+                    .collect(),
+            };
             let _ = asker.reply.send((mine, report.clone()));
         }
     }
+}
+
+/// Drops repeated items, keeping the first of each, without copying any.
+fn distinct<Q: Eq + Hash>(items: &mut Vec<Q>) {
+    let mut first = Vec::with_capacity(items.len());
+    {
+        let mut seen = HashSet::with_capacity(items.len());
+        first.extend(items.iter().map(|q| seen.insert(q)));
+    }
+    let mut first = first.into_iter();
+    items.retain(|_| first.next().unwrap_or(false));
 }
 
 #[cfg(test)]
@@ -253,6 +297,31 @@ mod tests {
             assert_eq!(mine[&i], i * 2);
             assert_eq!(mine[&100], 200);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_question_asks_each_item_once_and_gets_every_answer() {
+        let rounds = Arc::new(Mutex::new(Vec::new()));
+        let batcher = Batcher::new(window(), doubling(rounds.clone()));
+        let (mine, _) = batcher.ask(vec![3, 1, 3, 2, 1], far()).await;
+        assert_eq!(rounds.lock().unwrap().clone(), vec![vec![3, 1, 2]]);
+        assert_eq!(mine, HashMap::from([(1, 2), (2, 4), (3, 6)]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_asker_gets_only_its_own_answers_once_others_join() {
+        let rounds = Arc::new(Mutex::new(Vec::new()));
+        let batcher = Arc::new(Batcher::new(window(), doubling(rounds.clone())));
+        let first = {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.ask(vec![1, 2], far()).await })
+        };
+        tokio::task::yield_now().await;
+        let (second, _) = batcher.ask(vec![2, 3], far()).await;
+        let (first, _) = first.await.unwrap();
+        assert_eq!(rounds.lock().unwrap().clone(), vec![vec![1, 2, 3]]);
+        assert_eq!(first, HashMap::from([(1, 2), (2, 4)]));
+        assert_eq!(second, HashMap::from([(2, 4), (3, 6)]));
     }
 
     #[tokio::test(start_paused = true)]

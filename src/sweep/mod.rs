@@ -7,6 +7,7 @@ mod breaker;
 mod observe;
 mod snapshot;
 
+use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,8 +114,9 @@ pub fn target(ws: &Workspace, backends: &Backends) -> Option<Target> {
 /// Least recently *answered* first (never-seen ones before all), so a fleet
 /// larger than the per-sweep cap is covered over several sweeps, and the ones a
 /// sweep ran out of time for go first in the next.
-pub fn fair_order(targets: &mut Vec<Target>, previous: &Snapshot, max: usize) {
+pub fn fair_order<T: Borrow<Target>>(targets: &mut Vec<T>, previous: &Snapshot, max: usize) {
     targets.sort_by_key(|t| {
+        let t = t.borrow();
         previous
             .get(&t.uid)
             .filter(|e| e.backend_id == t.probe.id)
@@ -126,9 +128,10 @@ pub fn fair_order(targets: &mut Vec<Target>, previous: &Snapshot, max: usize) {
 /// The targets to ask about. A backend already proven absent by its id is
 /// not asked about again: ids are never reused, so its absence is settled,
 /// and `assemble` carries that answer forward.
-pub fn to_ask<'a>(swept: &'a [Target], previous: &Snapshot) -> Vec<&'a Target> {
+pub fn to_ask<'a, T: Borrow<Target>>(swept: &'a [T], previous: &Snapshot) -> Vec<&'a Target> {
     swept
         .iter()
+        .map(Borrow::borrow)
         .filter(|t| proven_absent(previous, t).is_none())
         .collect()
 }
@@ -229,15 +232,16 @@ pub struct SweepReport {
 /// keyed by Workspace uid. Pure: the clock comes in as `now`. An early sweep
 /// (`Scope::Changed`) keeps the previous sweep's number, so the circuit
 /// breaker's window and holds count the interval's sweeps only.
-pub fn assemble(
+pub fn assemble<T: Borrow<Target>>(
     previous: &Snapshot,
     in_scope: &[Target],
-    swept: &[Target],
+    swept: &[T],
     answers: &HashMap<String, Sighting>,
     now: Timestamp,
     scope: &Scope,
     settings: &SweepSettings,
 ) -> (Snapshot, Vec<ObjectRef<Workspace>>, Vec<Trip>) {
+    let swept: Vec<&Target> = swept.iter().map(Borrow::borrow).collect();
     let sightings: Vec<Sighting> = swept
         .iter()
         .map(
@@ -457,11 +461,7 @@ impl Sweeper {
             .iter()
             .filter_map(|ws| target(ws, &self.backends))
             .collect();
-        let mut swept: Vec<Target> = in_scope
-            .iter()
-            .filter(|t| scope.covers(t))
-            .cloned()
-            .collect();
+        let mut swept: Vec<&Target> = in_scope.iter().filter(|t| scope.covers(t)).collect();
         fair_order(&mut swept, &previous, self.settings.max_per_sweep);
 
         let deadline = started + self.settings.period();

@@ -267,15 +267,23 @@ impl Backend for Ec2Backend {
                 id: p.id.clone(),
             })
             .collect();
-        let (answers, calls) = self.reads.ask(reads.clone(), deadline).await;
+        let (answers, calls) = self.reads.ask(reads, deadline).await;
         if probes.len() < self.settings.batch.batch_size {
             self.recent.keep(answers.values());
         }
         let now = Timestamp::now();
+        let grace = self.settings.not_found_grace;
+        // Each key is made again for its lookup, rather than the whole list
+        // of questions kept beside the batcher's own.
         let sightings = probes
             .iter()
-            .zip(&reads)
-            .map(|(p, read)| sighting(p, answers.get(read), self.settings.not_found_grace, now))
+            .map(|p| {
+                let read = Read::Instance {
+                    region: p.location.clone(),
+                    id: p.id.clone(),
+                };
+                sighting(p, answers.get(&read), grace, now)
+            })
             .collect();
         Observed { sightings, calls }
     }
