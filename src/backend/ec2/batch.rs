@@ -146,12 +146,6 @@ impl Answer {
     }
 }
 
-/// A DescribeInstances that gave no answer for a reason of tend's own (a
-/// timeout, a deadline, an answer that left out an id it named).
-pub fn unanswered(why: impl Into<String>) -> CallError {
-    unanswered_in("DescribeInstances", why)
-}
-
 /// A describe that gave no answer for a reason of tend's own.
 pub fn unanswered_in(operation: &'static str, why: impl Into<String>) -> CallError {
     CallError {

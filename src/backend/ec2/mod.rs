@@ -117,11 +117,20 @@ impl Ec2Backend {
     }
 
     /// One read of a launch or teardown, through the batcher, waiting at
-    /// most for a listing and then a confirmation by id.
-    async fn ask_one(&self, read: Read) -> Option<Reply> {
+    /// most for a listing and then a confirmation by id. A failed read, or
+    /// none within the deadline, is the error; `about` names what was asked.
+    async fn ask_one(&self, read: Read, about: &str) -> Result<Reply, CallError> {
         let deadline = Instant::now() + self.settings.batch.probe_timeout * 3;
+        let operation = read.operation();
         let (mut answers, _) = self.reads.ask(vec![read.clone()], deadline).await;
-        answers.remove(&read).map(|a| a.reply)
+        match answers.remove(&read).map(|a| a.reply) {
+            Some(Reply::Failed(e)) => Err(e),
+            Some(reply) => Ok(reply),
+            None => Err(batch::unanswered_in(
+                operation,
+                format!("no answer about {about} within the deadline"),
+            )),
+        }
     }
 
     /// One instance, through the batcher: `None` if EC2, asked about it by
@@ -134,13 +143,10 @@ impl Ec2Backend {
             region: region.to_owned(),
             id: id.to_owned(),
         };
-        match self.ask_one(read).await {
-            Some(Reply::Found(seen)) => Ok(Some(seen)),
-            Some(Reply::NotFound) => Ok(None),
-            Some(Reply::Failed(e)) => Err(e),
-            Some(_) | None => Err(batch::unanswered(format!(
-                "no answer about {id} within the deadline"
-            ))),
+        match self.ask_one(read, id).await? {
+            Reply::Found(seen) => Ok(Some(seen)),
+            Reply::NotFound => Ok(None),
+            _ => Err(misread(Seen::OPERATION, id)),
         }
     }
 
@@ -151,14 +157,10 @@ impl Ec2Backend {
             region: region.to_owned(),
             id: id.to_owned(),
         };
-        match self.ask_one(read).await {
-            Some(Reply::Volume(seen)) => Ok(Some(seen)),
-            Some(Reply::NotFound) => Ok(None),
-            Some(Reply::Failed(e)) => Err(e),
-            Some(_) | None => Err(batch::unanswered_in(
-                "DescribeVolumes",
-                format!("no answer about {id} within the deadline"),
-            )),
+        match self.ask_one(read, id).await? {
+            Reply::Volume(seen) => Ok(Some(seen)),
+            Reply::NotFound => Ok(None),
+            _ => Err(misread(VolumeSeen::OPERATION, id)),
         }
     }
 
@@ -174,15 +176,10 @@ impl Ec2Backend {
             region: region.to_owned(),
             uid: owner.uid.to_owned(),
         };
-        let found = match self.ask_one(read).await {
-            Some(Reply::OwnedVolumes(seen)) => seen,
-            Some(Reply::Failed(e)) => return Err(e),
-            _ => {
-                return Err(batch::unanswered_in(
-                    "DescribeVolumes",
-                    "no answer about the Workspace's volumes within the deadline",
-                ));
-            }
+        let about = "the Workspace's volumes";
+        let found = match self.ask_one(read, about).await? {
+            Reply::OwnedVolumes(seen) => seen,
+            _ => return Err(misread(VolumeSeen::OPERATION, about)),
         };
         let mut volumes: Vec<VolumeSeen> = found
             .into_iter()
@@ -202,14 +199,10 @@ impl Ec2Backend {
             region: region.to_owned(),
             uid: owner.uid.to_owned(),
         };
-        let found = match self.ask_one(read).await {
-            Some(Reply::Owned(seen)) => seen,
-            Some(Reply::Failed(e)) => return Err(e),
-            _ => {
-                return Err(batch::unanswered(
-                    "no answer about the Workspace's instances within the deadline",
-                ));
-            }
+        let about = "the Workspace's instances";
+        let found = match self.ask_one(read, about).await? {
+            Reply::Owned(seen) => seen,
+            _ => return Err(misread(Seen::OPERATION, about)),
         };
         // The batch asked for tend's cluster; another's owner is not ours.
         Ok(found
@@ -217,6 +210,15 @@ impl Ec2Backend {
             .filter(|s| s.cluster.as_deref() == Some(owner.cluster))
             .collect())
     }
+}
+
+/// A reply of another kind than the question asked for: a bug, never
+/// taken for an answer.
+fn misread(operation: &'static str, about: &str) -> CallError {
+    batch::unanswered_in(
+        operation,
+        format!("an answer of the wrong kind about {about}"),
+    )
 }
 
 /// The ec2 block and the status an action works from.

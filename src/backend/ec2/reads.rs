@@ -31,6 +31,16 @@ pub enum Read {
     OwnedVolumes { region: String, uid: String },
 }
 
+impl Read {
+    /// The describe that answers it.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            Read::Instance { .. } | Read::Owned { .. } => Seen::OPERATION,
+            Read::Volume { .. } | Read::OwnedVolumes { .. } => VolumeSeen::OPERATION,
+        }
+    }
+}
+
 pub type Reads = Batcher<Read, Answer, CallStats>;
 
 /// How long a window of reads stays open. A lone look waits at most
