@@ -410,6 +410,14 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// Reconciles of every result.
+fn reconciles(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("tend_reconciles_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn sweeps(text: &str) -> f64 {
     series(text, "tend_sweep_duration_seconds_count")
 }
@@ -498,12 +506,6 @@ async fn restart(t: &Template, n: usize) -> Restart {
     proxy.clear_log();
     kube.clear_requests();
     let cpu_before = tend.cpu_secs();
-    let reconciles = |text: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with("tend_reconciles_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
     let reconciles_before = reconciles(&tend.metrics().await);
     let target = first_sweep + STEADY_SWEEPS as f64;
     let text = tend
@@ -545,7 +547,10 @@ struct Burst {
     all_online_secs: f64,
     describes: usize,
     by_id: usize,
-    other_ec2: Vec<(String, usize)>,
+    /// Every EC2 action, with its count and the proxy's median and 95th
+    /// percentile latency, in ms.
+    calls: Vec<(String, usize, u128, u128)>,
+    reconciles: u64,
 }
 
 /// `n` Workspaces created at once against moto, with [`BURST_FLAGS`].
@@ -581,6 +586,7 @@ async fn burst(n: usize) -> Burst {
     let online = online();
     let all_online_secs = started.elapsed().as_secs_f64();
     let log = proxy.call_log();
+    let reconciles = reconciles(&tend.metrics().await) as u64;
     tend.stop().await;
     let describes: Vec<_> = log
         .iter()
@@ -590,17 +596,27 @@ async fn burst(n: usize) -> Burst {
         .iter()
         .filter(|c| c.params.keys().any(|k| k.starts_with("InstanceId.")))
         .count();
-    let mut other: std::collections::BTreeMap<String, usize> = Default::default();
-    for c in log.iter().filter(|c| c.action != "DescribeInstances") {
-        *other.entry(c.action.clone()).or_default() += 1;
+    let mut took: std::collections::BTreeMap<String, Vec<u128>> = Default::default();
+    for c in &log {
+        let ms = c.took.map_or(u128::MAX, |t| t.as_millis());
+        took.entry(c.action.clone()).or_default().push(ms);
     }
+    let calls = took
+        .into_iter()
+        .map(|(action, mut ms)| {
+            ms.sort_unstable();
+            let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+            (action, ms.len(), at(0.5), at(0.95))
+        })
+        .collect();
     Burst {
         n,
         online,
         all_online_secs,
         describes: describes.len(),
         by_id,
-        other_ec2: other.into_iter().collect(),
+        calls,
+        reconciles,
     }
 }
 
@@ -661,8 +677,8 @@ fn main() -> ExitCode {
         eprintln!("a burst of {burst_n} creations against moto ...");
         let b = runtime.block_on(burst(burst_n));
         eprintln!(
-            "  {} of {} Online after {:.0} s: {} describes; other EC2 calls: {:?}",
-            b.online, b.n, b.all_online_secs, b.describes, b.other_ec2
+            "  {} of {} Online after {:.0} s: {} describes, {} reconciles; EC2 calls (count, p50 ms, p95 ms): {:?}",
+            b.online, b.n, b.all_online_secs, b.describes, b.reconciles, b.calls
         );
         vec![b]
     } else {
@@ -717,19 +733,20 @@ fn main() -> ExitCode {
             BURST_FLAGS.join(" ")
         );
         println!(
-            "{} of {} Online after {:.0} s; {} DescribeInstances ({} by id), {:.2} per Workspace; other EC2 calls: {}",
+            "{} of {} Online after {:.0} s, in {} reconciles; {} DescribeInstances ({} by id), {:.2} per Workspace\n",
             b.online,
             b.n,
             b.all_online_secs,
+            b.reconciles,
             b.describes,
             b.by_id,
             b.describes as f64 / b.n as f64,
-            b.other_ec2
-                .iter()
-                .map(|(a, n)| format!("{a} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
         );
+        println!("| EC2 call | calls | p50 latency (ms) | p95 latency (ms) |");
+        println!("|---|---:|---:|---:|");
+        for (action, n, p50, p95) in &b.calls {
+            println!("| {action} | {n} | {p50} | {p95} |");
+        }
     }
 
     println!("\n### Acceptance targets\n");

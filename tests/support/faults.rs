@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -254,6 +254,10 @@ pub struct Call {
     /// The fault of the rule that matched, if any.
     pub fault: Option<Fault>,
     pub outcome: Outcome,
+    /// When the proxy received the request.
+    pub received: Instant,
+    /// From receipt until the outcome was known; `None` while pending.
+    pub took: Option<Duration>,
 }
 
 /// A handle on an injected rule.
@@ -507,6 +511,8 @@ async fn handle(
             params: parsed.params.iter().cloned().collect(),
             fault: fault.clone(),
             outcome: Outcome::Pending,
+            received: Instant::now(),
+            took: None,
         },
     });
     state.changed.send_modify(|n| *n += 1);
@@ -606,6 +612,7 @@ async fn handle(
 fn settle(state: &State, seq: u64, outcome: Outcome) {
     if let Some(logged) = lock(&state.log).iter_mut().rev().find(|c| c.seq == seq) {
         logged.call.outcome = outcome;
+        logged.call.took = Some(logged.call.received.elapsed());
     }
     state.changed.send_modify(|n| *n += 1);
 }
