@@ -59,8 +59,10 @@ pub struct RunArgs {
     #[arg(long, env = "TEND_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    /// How many Workspaces are reconciled at once.
-    #[arg(long, env = "TEND_CONCURRENCY", default_value_t = 8)]
+    /// How many Workspaces are reconciled at once. A reconcile mostly waits
+    /// for EC2 or the API server, and only reconciles running together share
+    /// a window of reads, so a burst of creations wants many.
+    #[arg(long, env = "TEND_CONCURRENCY", default_value_t = 64)]
     pub concurrency: u16,
 
     /// Timeout of each backend call (to EC2, or to the Kubernetes API about Pods).

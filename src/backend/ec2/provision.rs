@@ -25,15 +25,16 @@ impl Ec2Backend {
             };
             // ClientToken makes RunInstances idempotent on EC2, but not every
             // endpoint honours it, so first look for an instance an earlier
-            // attempt started.
-            if let Some(found) = self.find_launch(region, owner, number).await? {
+            // attempt started; and launch no instance for a volume that is
+            // gone or someone else's. Both questions go into one window.
+            let (found, volume) = tokio::join!(
+                self.find_launch(region, owner, number),
+                self.check_data_volume(region, volume_id, None, owner),
+            );
+            if let Some(found) = found? {
                 return Ok(found);
             }
-            // No instance for a volume that is gone or someone else's.
-            if let DataVolume::Confirming(why) = self
-                .check_data_volume(region, volume_id, None, owner)
-                .await?
-            {
+            if let DataVolume::Confirming(why) = volume? {
                 return Ok(Step::Wait(why));
             }
             // Only the launch itself needs the user data.
