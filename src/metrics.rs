@@ -272,3 +272,54 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The names a scrape shows (counters with their `_total` suffix), once
+    /// each labelled family has a sample.
+    fn served() -> BTreeSet<String> {
+        let m = Metrics::default();
+        m.reconciled(None);
+        m.transition(Phase::Online);
+        m.observed(&Observation::Running);
+        m.backend_error(Runtime::Ec2, "RunInstances", ErrorKind::Throttled);
+        m.went_offline("InstanceTerminated");
+        m.breaker_tripped("us-east-1", None);
+        m.swept(1, 1, &CallStats::default(), Duration::from_secs(1));
+        m.encode()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| {
+                let (name, kind) = l.split_once(' ')?;
+                Some(if kind == "counter" {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn docs_list_exactly_the_metrics_tend_serves() {
+        let doc = include_str!("../docs/metrics.md");
+        let documented: BTreeSet<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `tend_"))
+            .filter_map(|l| l.split_once('`'))
+            .map(|(name, _)| format!("tend_{name}"))
+            .collect();
+        let served = served();
+        assert!(served.len() > 10, "too few metrics read: {served:?}");
+        let missing: Vec<_> = served.difference(&documented).collect();
+        let stale: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "docs/metrics.md lacks {missing:?} and names {stale:?}, which tend does not serve"
+        );
+    }
+}
