@@ -11,6 +11,7 @@ use support::checks::instance_of;
 use support::faults::{Call, FaultRule};
 use support::rig::{Rig, WAIT};
 use tend::api::Phase;
+use tend::backend::ec2::TAG_UID;
 
 const N: usize = 12;
 /// Ids per describe in the restart test.
@@ -112,6 +113,16 @@ async fn a_burst_of_creations_costs_at_most_one_describe_per_workspace() {
     // Every Workspace names the same subnet, whose zone never changes.
     let subnets = calls_of(&rig, "DescribeSubnets");
     assert_eq!(subnets.len(), 1, "{subnets:#?}");
+    // This controller wrote each reservation its creates followed, and sent
+    // nothing before them: there was no earlier attempt to search for.
+    let owner_filter = format!("tag:{TAG_UID}");
+    let searches: Vec<Call> = rig
+        .proxy
+        .call_log()
+        .into_iter()
+        .filter(|c| c.params.values().any(|v| *v == owner_filter))
+        .collect();
+    assert!(searches.is_empty(), "searched by owner: {searches:#?}");
 }
 
 #[tokio::test]

@@ -3,13 +3,14 @@
 
 mod support;
 
-use aws_sdk_ec2::types::InstanceStateName;
+use aws_sdk_ec2::types::{Filter, InstanceStateName};
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use support::checks::{launched_user_data, published};
 use support::faults::FaultRule;
 use support::rig::{NS, Rig};
 use tend::api::{Phase, Workspace};
+use tend::backend::ec2::{TAG_UID, TAG_VOLUME, VOLUME_DATA};
 
 async fn alive_instances(rig: &Rig, ws: &Workspace) -> Vec<String> {
     rig.instances_of(ws)
@@ -101,6 +102,48 @@ async fn lost_launch_answer_without_a_crash_is_also_found_by_tag() {
         "no second instance, alive or not"
     );
     assert_eq!(rig.proxy.calls("RunInstances"), 1);
+}
+
+#[tokio::test]
+async fn lost_create_volume_answer_without_a_crash_is_found_by_tag() {
+    let rig = Rig::start().await;
+    // The first create follows this controller's own reservation, so no
+    // search precedes it; once it was sent, a retry must search.
+    rig.proxy
+        .inject(FaultRule::on("CreateVolume").times(1).forward_then_reset());
+    let ws = rig.create(&rig.ec2_workspace("dev")).await;
+    let online = rig.wait_phase("dev", Phase::Online).await;
+    let uid = ws.metadata.uid.clone().unwrap();
+    let data: Vec<String> = rig
+        .moto
+        .ec2()
+        .describe_volumes()
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{TAG_UID}"))
+                .values(&uid)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{TAG_VOLUME}"))
+                .values(VOLUME_DATA)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeVolumes")
+        .volumes()
+        .iter()
+        .filter_map(|v| v.volume_id().map(str::to_owned))
+        .collect();
+    assert_eq!(data.len(), 1, "never a second data volume: {data:?}");
+    assert_eq!(online.status.unwrap().volume_id.as_ref(), data.first());
+    assert_eq!(
+        rig.proxy.calls("CreateVolume"),
+        1,
+        "found by tag, not repeated"
+    );
 }
 
 #[tokio::test]
@@ -236,6 +279,7 @@ async fn failed_status_writes_are_retried_and_events_follow_the_write() {
         status: 500,
         reason: "InternalError".into(),
         times: 3,
+        body_contains: None,
     });
     rig.create(&rig.ec2_workspace("dev")).await;
     rig.wait_phase("dev", Phase::Online).await;

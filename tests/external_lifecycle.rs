@@ -120,6 +120,7 @@ async fn a_lease_that_cannot_be_read_changes_nothing() {
         status: 500,
         reason: "InternalError".into(),
         times: 5,
+        body_contains: None,
     });
     let reads = lease_reads(&rig);
     rig.agent("laptop").beat_at(ago(TIMEOUT + 60)).await;

@@ -156,6 +156,10 @@ pub enum Record {
         region: Option<String>,
         zone: Option<String>,
     },
+    /// Provisioning begins: nothing exists yet, and the first create follows
+    /// once status says so (a backend may need to know, later, whether one
+    /// may have been sent).
+    Begun,
     /// Launch number `n` is about to be attempted; it retires the previous
     /// backend and keys the launch's idempotency token.
     LaunchReserved(u32),

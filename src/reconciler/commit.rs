@@ -5,6 +5,8 @@ use super::*;
 /// Applies a backend record to status.
 pub(super) fn apply_record(status: &mut WorkspaceStatus, runtime: api::Runtime, record: &Record) {
     match record {
+        // The phase, written with it, is the record.
+        Record::Begun => {}
         Record::Volume { id, region, zone } => {
             status.volume_id = Some(id.clone());
             status.region = region.clone();

@@ -22,19 +22,16 @@ async fn online_deleting_its_volume(rig: &Rig) -> (String, String) {
 async fn deletion_releases_a_volume_whose_record_was_lost_despite_a_spec_edit() {
     let rig = Rig::start().await;
     // The volume is created, but the status write that records it fails, and
-    // every look for it after the first (the one before creating it) fails
-    // too, so it is never recorded.
-    rig.kube.inject_failure(support::fake_kube::Failure::new(
-        "PATCH",
-        "/workspaces/dev/status",
-        500,
-        "InternalError",
-        1,
-    ));
-    rig.proxy.inject(
-        FaultRule::on("DescribeVolumes")
-            .times(1)
-            .delay(std::time::Duration::ZERO),
+    // every look for it after that fails too, so it is never recorded.
+    rig.kube.inject_failure(
+        support::fake_kube::Failure::new(
+            "PATCH",
+            "/workspaces/dev/status",
+            500,
+            "InternalError",
+            1,
+        )
+        .when_body_contains("volumeId"),
     );
     let looks = rig
         .proxy

@@ -223,6 +223,8 @@ pub struct Failure {
     /// `Status.reason`, e.g. `InternalError` or `Conflict`.
     pub reason: String,
     pub times: usize,
+    /// Substring the request body must contain, if any.
+    pub body_contains: Option<String>,
 }
 
 impl Failure {
@@ -240,7 +242,14 @@ impl Failure {
             status,
             reason: reason.to_string(),
             times,
+            body_contains: None,
         }
+    }
+
+    /// Only requests whose body contains `text`.
+    pub fn when_body_contains(mut self, text: &str) -> Failure {
+        self.body_contains = Some(text.to_owned());
+        self
     }
 }
 

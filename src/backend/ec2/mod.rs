@@ -17,6 +17,7 @@ mod seen;
 mod state;
 mod subnets;
 mod teardown;
+mod unspent;
 mod user_data;
 mod volume;
 
@@ -79,6 +80,8 @@ pub struct Ec2Backend {
     subnets: subnets::Subnets,
     /// When each data volume was first proven absent; see `volume.rs`.
     volumes_missing: Mutex<HashMap<String, std::time::Instant>>,
+    /// Reservations this process wrote and no create has spent.
+    unspent: unspent::Unspent,
     /// Reads the user data Secret a launch names.
     kube: kube::Client,
 }
@@ -99,6 +102,7 @@ impl Ec2Backend {
             recent: reads::Recent::default(),
             subnets: subnets::Subnets::default(),
             volumes_missing: Mutex::new(HashMap::new()),
+            unspent: unspent::Unspent::default(),
             kube,
         }
     }
@@ -336,6 +340,8 @@ impl Backend for Ec2Backend {
     }
 
     fn forget(&self, ws: &Workspace) {
+        self.unspent
+            .spend(ws.metadata.uid.as_deref().unwrap_or_default());
         if let Some(volume) = ws.status.as_ref().and_then(|s| s.volume_id.as_ref()) {
             self.volumes_missing
                 .lock()

@@ -1,5 +1,6 @@
 //! Launching: the instance on its data volume, attaching, starting and stopping.
 
+use super::unspent::Reserved;
 use super::volume::{DataVolume, is_token_mismatch, next_number};
 use super::*;
 
@@ -21,14 +22,23 @@ impl Ec2Backend {
         };
         let Some(instance_id) = &status.instance_id else {
             let Some(number) = status.launch_number else {
+                self.unspent.reserve(owner.uid, Reserved::Launch(1));
                 return Ok(Step::Record(Record::LaunchReserved(1)));
             };
             // ClientToken makes RunInstances idempotent on EC2, but not every
             // endpoint honours it, so first look for an instance an earlier
-            // attempt started; and launch no instance for a volume that is
-            // gone or someone else's. Both questions go into one window.
+            // attempt started (none can exist for a reservation of this
+            // process's that nothing has spent); and launch no instance for a
+            // volume that is gone or someone else's. Both questions go into
+            // one window.
+            let earlier = async {
+                if self.unspent.holds(owner.uid, Reserved::Launch(number)) {
+                    return Ok(None);
+                }
+                self.find_launch(region, owner, number).await
+            };
             let (found, volume) = tokio::join!(
-                self.find_launch(region, owner, number),
+                earlier,
                 self.check_data_volume(region, volume_id, None, owner),
             );
             if let Some(found) = found? {
@@ -39,6 +49,7 @@ impl Ec2Backend {
             }
             // Only the launch itself needs the user data.
             let user_data = self.user_data(ws, spec).await?;
+            self.unspent.spend(owner.uid);
             return self
                 .launch(region, spec, owner, zone, number, user_data)
                 .await;

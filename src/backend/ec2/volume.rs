@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use tracing::warn;
 
+use super::unspent::Reserved;
 use super::*;
+use crate::api::Phase;
 
 /// Whether the recorded data volume can serve this Workspace's instance.
 pub(super) enum DataVolume {
@@ -27,10 +29,18 @@ impl Ec2Backend {
         status: &WorkspaceStatus,
         owner: &Owner<'_>,
     ) -> Result<Step, BackendError> {
+        // Nothing was ever sent for a Workspace still Pending: status first
+        // says that a create may follow, then it is sent.
+        if matches!(status.phase, None | Some(Phase::Pending)) {
+            self.unspent.reserve(owner.uid, Reserved::Volume);
+            return Ok(Step::Record(Record::Begun));
+        }
         // A volume created by an earlier attempt that never reached status.
-        let existing = self.owned_data_volumes(region, owner).await?;
-        if let Some(volume) = existing.iter().find(|v| !v.ending()) {
-            return volume_record(volume, region);
+        if !self.unspent.holds(owner.uid, Reserved::Volume) {
+            let existing = self.owned_data_volumes(region, owner).await?;
+            if let Some(volume) = existing.iter().find(|v| !v.ending()) {
+                return volume_record(volume, region);
+            }
         }
         let zone = self
             .subnets
@@ -39,6 +49,7 @@ impl Ec2Backend {
             .zone;
         let number = status.launch_number.unwrap_or(0);
         let v = &spec.volume;
+        self.unspent.spend(owner.uid);
         let created = client
             .call(
                 Family::Mutate,

@@ -169,13 +169,16 @@ fn version_info(minor: u32) -> Value {
 }
 
 /// Takes one use of the first injected failure matching this request, if any.
-fn injected(st: &mut State, method: &str, path: &str) -> Option<Outcome> {
+fn injected(st: &mut State, method: &str, path: &str, body: &[u8]) -> Option<Outcome> {
     let index = st.failures.iter().position(|f| {
         f.times > 0
             && f.method
                 .as_deref()
                 .is_none_or(|m| m.eq_ignore_ascii_case(method))
             && path.contains(&f.path_contains)
+            && f.body_contains
+                .as_deref()
+                .is_none_or(|text| std::str::from_utf8(body).is_ok_and(|body| body.contains(text)))
     })?;
     let failure = &mut st.failures[index];
     failure.times -= 1;
@@ -227,7 +230,7 @@ pub(crate) fn serve_in_process(
 }
 
 fn route(shared: &Arc<Shared>, st: &mut State, req: &Req<'_>) -> Outcome {
-    if let Some(failure) = injected(st, req.method, req.path) {
+    if let Some(failure) = injected(st, req.method, req.path, req.body) {
         return failure;
     }
     match (req.method, req.path) {
