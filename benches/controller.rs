@@ -624,6 +624,11 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// Megabytes of 10^6 bytes.
+fn mb(kib: u64) -> f64 {
+    kib as f64 * 1024.0 / 1e6
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| {
@@ -776,12 +781,17 @@ fn main() -> ExitCode {
                 r.steady_describes, r.steady_sweeps, r.steady_status_writes
             ),
         );
-        let rss_bound_mib = if n <= 10_000 { 150.0 } else { 1024.0 };
+        // The targets are stated in decimal units: 150 MB and 1 GB.
+        let rss_bound_mb = if n <= 10_000 { 150.0 } else { 1000.0 };
         if n == 10_000 || n == 100_000 {
             v.check(
-                mib(r.peak_rss_kib) <= rss_bound_mib,
-                &format!("N = {n}: peak controller RSS <= {rss_bound_mib:.0} MiB"),
-                format!("{:.0} MiB", mib(r.peak_rss_kib)),
+                mb(r.peak_rss_kib) <= rss_bound_mb,
+                &format!("N = {n}: peak controller RSS <= {rss_bound_mb:.0} MB"),
+                format!(
+                    "{:.0} MB ({:.0} MiB)",
+                    mb(r.peak_rss_kib),
+                    mib(r.peak_rss_kib)
+                ),
             );
         }
         if n == 10_000 {
