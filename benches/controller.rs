@@ -33,9 +33,11 @@ use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_sdk_ec2::types::InstanceStateName;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use tend::api::Workspace;
+use tend::backend::ec2::TAG_UID;
 use tend::config::RunArgs;
 use tend::metrics::Metrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -547,10 +549,12 @@ struct Burst {
     all_online_secs: f64,
     describes: usize,
     by_id: usize,
-    /// Every EC2 action, with its count and the proxy's median and 95th
-    /// percentile latency, in ms.
-    calls: Vec<(String, usize, u128, u128)>,
+    /// Every EC2 action: its count, how many were not answered with 200,
+    /// and the proxy's median and 95th percentile latency, in ms.
+    calls: Vec<(String, usize, usize, u128, u128)>,
     reconciles: u64,
+    /// Workspaces with more than one instance that is not terminated.
+    doubled: Vec<(String, usize)>,
 }
 
 /// `n` Workspaces created at once against moto, with [`BURST_FLAGS`].
@@ -596,18 +600,25 @@ async fn burst(n: usize) -> Burst {
         .iter()
         .filter(|c| c.params.keys().any(|k| k.starts_with("InstanceId.")))
         .count();
-    let mut took: std::collections::BTreeMap<String, Vec<u128>> = Default::default();
+    let mut took: std::collections::BTreeMap<String, (Vec<u128>, usize)> = Default::default();
     for c in &log {
         let ms = c.took.map_or(u128::MAX, |t| t.as_millis());
-        took.entry(c.action.clone()).or_default().push(ms);
+        let entry = took.entry(c.action.clone()).or_default();
+        entry.0.push(ms);
+        entry.1 += usize::from(c.outcome != faults::Outcome::Upstream { status: 200 });
     }
     let calls = took
         .into_iter()
-        .map(|(action, mut ms)| {
+        .map(|(action, (mut ms, failed))| {
             ms.sort_unstable();
             let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
-            (action, ms.len(), at(0.5), at(0.95))
+            (action, ms.len(), failed, at(0.5), at(0.95))
         })
+        .collect();
+    let doubled = instances_per_workspace(&moto)
+        .await
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
         .collect();
     Burst {
         n,
@@ -617,7 +628,32 @@ async fn burst(n: usize) -> Burst {
         by_id,
         calls,
         reconciles,
+        doubled,
     }
+}
+
+/// How many instances that are not terminated each Workspace uid has in moto.
+async fn instances_per_workspace(moto: &Moto) -> Vec<(String, usize)> {
+    let mut per_uid: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut pages = moto.ec2().describe_instances().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.expect("DescribeInstances from moto");
+        for i in page.reservations().iter().flat_map(|r| r.instances()) {
+            let ended = matches!(
+                i.state().and_then(|s| s.name()),
+                Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+            );
+            let uid = i
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(TAG_UID))
+                .and_then(|t| t.value());
+            if let (false, Some(uid)) = (ended, uid) {
+                *per_uid.entry(uid.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    per_uid.into_iter().collect()
 }
 
 fn mib(kib: u64) -> f64 {
@@ -747,10 +783,10 @@ fn main() -> ExitCode {
             b.by_id,
             b.describes as f64 / b.n as f64,
         );
-        println!("| EC2 call | calls | p50 latency (ms) | p95 latency (ms) |");
-        println!("|---|---:|---:|---:|");
-        for (action, n, p50, p95) in &b.calls {
-            println!("| {action} | {n} | {p50} | {p95} |");
+        println!("| EC2 call | calls | not answered 200 | p50 latency (ms) | p95 latency (ms) |");
+        println!("|---|---:|---:|---:|---:|");
+        for (action, n, failed, p50, p95) in &b.calls {
+            println!("| {action} | {n} | {failed} | {p50} | {p95} |");
         }
     }
 
@@ -806,6 +842,14 @@ fn main() -> ExitCode {
         }
     }
     for b in &bursts {
+        v.check(
+            b.doubled.is_empty(),
+            &format!(
+                "a burst of {} creations never leaves a Workspace with two instances",
+                b.n
+            ),
+            format!("{} with more than one: {:?}", b.doubled.len(), b.doubled),
+        );
         v.check(
             b.online == b.n && b.describes <= b.n,
             &format!(
