@@ -50,15 +50,7 @@ fn ready_reason_is(ws: &Workspace, reason: &str) -> bool {
 
 /// Every volume in moto tagged with this uid, root volumes included.
 async fn volumes_tagged(rig: &Rig, uid: &str) -> Vec<Volume> {
-    rig.moto
-        .ec2()
-        .describe_volumes()
-        .filters(filter(&format!("tag:{UID_TAG}"), uid))
-        .send()
-        .await
-        .expect("DescribeVolumes")
-        .volumes()
-        .to_vec()
+    rig.moto.volumes_tagged(UID_TAG, uid).await
 }
 
 fn tag<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {

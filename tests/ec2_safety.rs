@@ -3,7 +3,7 @@
 
 mod support;
 
-use aws_sdk_ec2::types::{Filter, InstanceStateName};
+use aws_sdk_ec2::types::InstanceStateName;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use support::checks::{launched_user_data, published};
@@ -116,25 +116,14 @@ async fn lost_create_volume_answer_without_a_crash_is_found_by_tag() {
     let uid = ws.metadata.uid.clone().unwrap();
     let data: Vec<String> = rig
         .moto
-        .ec2()
-        .describe_volumes()
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{TAG_UID}"))
-                .values(&uid)
-                .build(),
-        )
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{TAG_VOLUME}"))
-                .values(VOLUME_DATA)
-                .build(),
-        )
-        .send()
+        .volumes_tagged(TAG_UID, &uid)
         .await
-        .expect("DescribeVolumes")
-        .volumes()
         .iter()
+        .filter(|v| {
+            v.tags()
+                .iter()
+                .any(|t| t.key() == Some(TAG_VOLUME) && t.value() == Some(VOLUME_DATA))
+        })
         .filter_map(|v| v.volume_id().map(str::to_owned))
         .collect();
     assert_eq!(data.len(), 1, "never a second data volume: {data:?}");

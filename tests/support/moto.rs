@@ -402,6 +402,18 @@ impl Moto {
     }
 
     /// The volume with this id, or `None` if moto does not know it.
+    /// Every volume tagged `key=value`, root volumes included.
+    pub async fn volumes_tagged(&self, key: &str, value: &str) -> Vec<Volume> {
+        self.ec2
+            .describe_volumes()
+            .filters(filter(&format!("tag:{key}"), value))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DescribeVolumes: {}", DisplayErrorContext(&e)))
+            .volumes()
+            .to_vec()
+    }
+
     pub async fn volume(&self, id: &str) -> Option<Volume> {
         let output = self
             .ec2
