@@ -327,37 +327,189 @@ async fn merge_patch_and_json_patch_with_failing_test() {
     assert!(content_types.contains(&"application/json-patch+json".to_string()));
 }
 
+fn holder(lease: &Lease) -> Option<String> {
+    lease.spec.as_ref().and_then(|s| s.holder_identity.clone())
+}
+
+fn lease_claim(identity: &str) -> Value {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "spec": {"holderIdentity": identity, "leaseDurationSeconds": 15},
+    })
+}
+
+/// Field ownership as leader election relies on it: the first apply of a field wins, a
+/// second manager applying another value is refused unless it forces, and a field
+/// removed by any write is free again.
 #[tokio::test]
-async fn server_side_apply_is_refused_clearly() {
+async fn server_side_apply_tracks_field_owners_and_refuses_conflicts() {
     let server = start().await;
-    let api: Api<ConfigMap> = Api::default_namespaced(server.client());
-    let applied = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "1"}});
+    let api: Api<Lease> = Api::default_namespaced(server.client());
+    let created = api
+        .patch(
+            "lock",
+            &PatchParams::apply("one"),
+            &Patch::Apply(lease_claim("one")),
+        )
+        .await
+        .expect("an apply creates a missing object");
+    assert_eq!(holder(&created).as_deref(), Some("one"));
+    let owners: Vec<String> = created
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e.manager.clone().unwrap_or_default(),
+                e.operation.clone().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(owners, ["one:Apply"]);
+
     let refused = api
         .patch(
-            "ssa",
-            &PatchParams::apply("tend-test").force(),
-            &Patch::Apply(&applied),
+            "lock",
+            &PatchParams::apply("two"),
+            &Patch::Apply(lease_claim("two")),
         )
         .await;
     match refused {
         Err(kube::Error::Api(status)) => {
-            assert_eq!(
-                (status.code, status.reason.as_str()),
-                (415, "UnsupportedMediaType")
-            );
+            assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
             assert!(
-                status.message.contains("server-side apply"),
+                status
+                    .message
+                    .contains("conflict with \"one\": .spec.holderIdentity"),
                 "{}",
                 status.message
             );
         }
-        other => panic!("expected a refusal, got {other:?}"),
+        other => panic!("expected a conflict, got {other:?}"),
     }
-    assert!(
-        server
-            .get_object("/api/v1/namespaces/default/configmaps/ssa")
-            .is_none()
+    assert_eq!(
+        holder(&api.get("lock").await.unwrap()).as_deref(),
+        Some("one")
     );
+
+    // The same value is shared, not a conflict.
+    let shared = api
+        .patch(
+            "lock",
+            &PatchParams::apply("three"),
+            &Patch::Apply(lease_claim("one")),
+        )
+        .await
+        .expect("applying the value already there is no conflict");
+    assert_eq!(holder(&shared).as_deref(), Some("one"));
+
+    // A merge patch that removes the field frees it: now another manager may apply it.
+    let release = json!({"spec": {"holderIdentity": null}});
+    let released = api
+        .patch("lock", &PatchParams::default(), &Patch::Merge(&release))
+        .await
+        .unwrap();
+    assert_eq!(holder(&released), None);
+    let taken = api
+        .patch(
+            "lock",
+            &PatchParams::apply("two"),
+            &Patch::Apply(lease_claim("two")),
+        )
+        .await
+        .expect("a free field can be applied");
+    assert_eq!(holder(&taken).as_deref(), Some("two"));
+
+    // Forcing takes a field from its owner, whose next apply of another value conflicts.
+    let forced = api
+        .patch(
+            "lock",
+            &PatchParams::apply("one").force(),
+            &Patch::Apply(lease_claim("one")),
+        )
+        .await
+        .expect("a forced apply takes the field");
+    assert_eq!(holder(&forced).as_deref(), Some("one"));
+    let (code, reason) = api_error(
+        api.patch(
+            "lock",
+            &PatchParams::apply("two"),
+            &Patch::Apply(lease_claim("two")),
+        )
+        .await,
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+
+    // A strategic merge patch is a write like any other: the field changes hands.
+    let grab = json!({"spec": {"holderIdentity": "four"}});
+    api.patch("lock", &PatchParams::default(), &Patch::Strategic(&grab))
+        .await
+        .unwrap();
+    let (code, _) = api_error(
+        api.patch(
+            "lock",
+            &PatchParams::apply("one"),
+            &Patch::Apply(lease_claim("one")),
+        )
+        .await,
+    );
+    assert_eq!(
+        code, 409,
+        "the strategic patch's manager now owns the holder"
+    );
+}
+
+#[tokio::test]
+async fn an_apply_removes_what_its_manager_no_longer_sends() {
+    let server = start().await;
+    let api: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let first = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "1", "b": "2"}});
+    api.patch("ssa", &PatchParams::apply("me"), &Patch::Apply(&first))
+        .await
+        .unwrap();
+    let other = json!({"data": {"c": "3"}});
+    api.patch("ssa", &PatchParams::default(), &Patch::Merge(&other))
+        .await
+        .unwrap();
+    let second = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "1"}});
+    let after = api
+        .patch("ssa", &PatchParams::apply("me"), &Patch::Apply(&second))
+        .await
+        .unwrap();
+    let data = after.data.unwrap_or_default();
+    assert_eq!(data.get("a").map(String::as_str), Some("1"));
+    assert_eq!(
+        data.get("b"),
+        None,
+        "left out of the apply, owned by no one else"
+    );
+    assert_eq!(
+        data.get("c").map(String::as_str),
+        Some("3"),
+        "another writer's field stays"
+    );
+
+    let nameless = server.call(
+        "PATCH",
+        "/api/v1/namespaces/default/configmaps/ssa",
+        "application/apply-patch+yaml",
+        &second,
+    );
+    let (code, status) = nameless.expect_err("an apply must name its manager");
+    assert_eq!(
+        (code, &status["reason"]),
+        (422, &json!("Invalid")),
+        "{status}"
+    );
+    let wrong_kind = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ssa"}});
+    let (code, _) = api_error(
+        api.patch("ssa", &PatchParams::apply("me"), &Patch::Apply(&wrong_kind))
+            .await,
+    );
+    assert_eq!(code, 400);
 }
 
 #[tokio::test]

@@ -3,8 +3,9 @@
 //! Tests point real kube-rs clients, watchers and controllers at it, so it follows the API
 //! server's wire protocol and semantics closely: resource versions, watch history and 410
 //! expiry, status subresources, generations, finalizers, garbage collection of dependents
-//! (by `ownerReferences` uid, with `Orphan` propagation), merge and JSON patches, and
-//! `Status` errors. It refuses what a real server refuses where tend could get it wrong:
+//! (by `ownerReferences` uid, with `Orphan` propagation), merge and JSON patches,
+//! server-side apply with field ownership, and `Status` errors. It refuses what a real
+//! server refuses where tend could get it wrong:
 //!
 //! - custom resources exist only through a CustomResourceDefinition (tend's is installed
 //!   by default, others via [`FakeConfig::crds`] or by creating one through the API);
@@ -26,8 +27,12 @@
 //! - **No authorization or admission plugins.** A bearer token names the user; nothing
 //!   is forbidden. tend's permissions are checked instead against `deploy/` from the
 //!   recorded requests (`tests/rbac.rs`).
-//! - **No server-side apply** (415) and no `managedFields`. tend writes status with merge
-//!   patches, and kube's finalizer helper uses JSON patches.
+//! - **Server-side apply and `managedFields` are simplified** (`fake_kube/apply.rs`):
+//!   ownership and conflicts are tracked per field, but lists are atomic (no per-item
+//!   ownership of `map` or `set` lists), entries carry no `time`, an applied `null` is
+//!   ignored, and YAML or JSON bodies only (no CBOR). tend's leader election applies
+//!   scalar fields of a Lease; tend writes status with merge patches, and kube's
+//!   finalizer helper uses JSON patches.
 //! - **Strategic merge patches of built-in kinds merge like JSON merge patches** (lists
 //!   are replaced, no `$patch` directives). tend sends none.
 //! - **Built-in kinds are not schema-checked or defaulted**, apart from metadata (names,
@@ -73,6 +78,8 @@
 //! Includers use only part of the API, so they declare the module with `#[allow(dead_code)]`
 //! (or sit under a parent module that allows it).
 
+#[path = "fake_kube/apply.rs"]
+mod apply;
 #[path = "fake_kube/crd.rs"]
 mod crd;
 #[path = "fake_kube/events.rs"]
@@ -299,11 +306,17 @@ impl FakeApiServer {
     /// A client whose requests are recorded as `user`'s (it sends `user` as its bearer
     /// token), so a test can tell one client's requests from another's.
     pub fn client_as(&self, user: &str) -> kube::Client {
+        kube::Client::try_from(self.config_as(user))
+            .expect("fake API server: building a kube client")
+    }
+
+    /// The configuration [`FakeApiServer::client_as`] builds its client from.
+    pub fn config_as(&self, user: &str) -> kube::Config {
         let mut config = self.config();
         let token = hyper::header::HeaderValue::from_str(&format!("Bearer {user}"))
             .expect("fake API server: user names fit in a header");
         config.headers.push((hyper::header::AUTHORIZATION, token));
-        kube::Client::try_from(config).expect("fake API server: building a kube client")
+        config
     }
 
     fn config(&self) -> kube::Config {

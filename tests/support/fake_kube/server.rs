@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, USER_AGENT};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -89,6 +89,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             .to_string()
     };
     let (content_type, accept) = (header(CONTENT_TYPE), header(ACCEPT));
+    let agent = header(USER_AGENT);
     // The bearer token names the user; the server authenticates but never authorizes.
     let user = header(AUTHORIZATION)
         .strip_prefix("Bearer ")
@@ -97,7 +98,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let query = parse_query(&raw_query);
+    let mut query = parse_query(&raw_query);
+    // A write that names no field manager is recorded under its client's name, as the
+    // server does (the User-Agent up to its first '/'). An apply must name one.
+    let writes = matches!(method.as_str(), "POST" | "PUT" | "PATCH");
+    if writes
+        && !content_type.starts_with("application/apply-patch")
+        && !query.contains_key("fieldManager")
+    {
+        let name = agent.split('/').next().filter(|n| !n.is_empty());
+        query.insert("fieldManager".into(), name.unwrap_or("unknown").to_string());
+    }
     let incoming = Req {
         method: &method,
         path: &path,

@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use super::apply::{self, Writer};
 use super::crd;
 use super::events;
 use super::field::FieldError;
@@ -24,6 +25,17 @@ fn spec_changed(old: &Value, new: &Value, ignore_status: bool) -> bool {
         v
     };
     strip(old) != strip(new)
+}
+
+/// A write other than an apply, under the manager the request names.
+fn updater(q: &Query) -> Writer {
+    Writer {
+        manager: q
+            .get("fieldManager")
+            .cloned()
+            .unwrap_or_else(|| "unknown".into()),
+        applied: None,
+    }
 }
 
 fn dry_run(q: &Query) -> bool {
@@ -62,7 +74,11 @@ impl State {
     }
 
     /// POST to a collection.
-    pub(crate) fn create(&mut self, t: &Target, q: &Query, mut obj: Value) -> Reply {
+    pub(crate) fn create(&mut self, t: &Target, q: &Query, obj: Value) -> Reply {
+        self.create_as(t, q, obj, &updater(q))
+    }
+
+    fn create_as(&mut self, t: &Target, q: &Query, mut obj: Value, writer: &Writer) -> Reply {
         let key = t.key();
         let info = self.info(t)?;
         self.check_scope(t, &info)?;
@@ -181,6 +197,8 @@ impl State {
             m.insert("generation".into(), json!(1));
         }
         metadata::normalize(&mut obj);
+        let managed = apply::record(t, None, &obj, writer);
+        meta_mut(&mut obj).insert("managedFields".into(), managed);
         self.admit(t, &info, &mut obj, None)?;
         if dry_run(q) {
             return Ok((201, Self::present(t, &info, &obj)));
@@ -210,11 +228,11 @@ impl State {
             .stored(&key, &ns, &name)
             .cloned()
             .ok_or_else(|| ApiError::not_found(t, &name))?;
-        self.write_existing(t, &info, q, old, body)
+        self.write_existing(t, &info, q, old, body, &updater(q))
     }
 
-    /// PATCH of an object or its status with a merge or JSON patch; built-in kinds also
-    /// take strategic merge patches. Server-side apply is not implemented.
+    /// PATCH of an object or its status with a merge or JSON patch, or a server-side
+    /// apply; built-in kinds also take strategic merge patches.
     pub(crate) fn patch(
         &mut self,
         t: &Target,
@@ -245,7 +263,7 @@ impl State {
                 let old = old.ok_or_else(|| ApiError::not_found(t, &name))?;
                 let mut merged = self.current(t, &info, &old);
                 merge_patch(&mut merged, &patch);
-                self.write_existing(t, &info, q, old, merged)
+                self.write_existing(t, &info, q, old, merged, &updater(q))
             }
             // Built-in kinds only: the server refuses strategic merge on custom resources.
             "application/strategic-merge-patch+json" if !custom => {
@@ -253,7 +271,7 @@ impl State {
                 let old = old.ok_or_else(|| ApiError::not_found(t, &name))?;
                 let mut merged = self.current(t, &info, &old);
                 merge_patch(&mut merged, &patch);
-                self.write_existing(t, &info, q, old, merged)
+                self.write_existing(t, &info, q, old, merged, &updater(q))
             }
             "application/json-patch+json" => {
                 let patch = parse_json()?;
@@ -263,16 +281,84 @@ impl State {
                     PatchError::Malformed(m) => ApiError::bad_request(m),
                     PatchError::Failed(m) => ApiError::new(422, "Invalid", m),
                 })?;
-                self.write_existing(t, &info, q, old, patched)
+                self.write_existing(t, &info, q, old, patched, &updater(q))
             }
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
-                Err(ApiError::unsupported_media_type(
-                    "server-side apply is not implemented by the fake API server",
-                ))
-            }
+            "application/apply-patch+yaml" => self.apply(t, &info, q, body, old),
             other => Err(ApiError::unsupported_media_type(format!(
                 "the body of the request was in an unknown format - accepted media types include: {accepted}; got {other:?}"
             ))),
+        }
+    }
+
+    /// A server-side apply: creates the object if it is missing; otherwise merges the
+    /// applied fields in, refusing (409) to change fields another manager owns unless
+    /// `force=true`.
+    fn apply(
+        &mut self,
+        t: &Target,
+        info: &TypeInfo,
+        q: &Query,
+        body: &[u8],
+        old: Option<Value>,
+    ) -> Reply {
+        let name = t.name.clone().unwrap_or_default();
+        let Some(manager) = q.get("fieldManager").filter(|m| !m.is_empty()).cloned() else {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+            ));
+        };
+        let applied: Value = serde_json::from_slice(body)
+            .or_else(|_| serde_yaml::from_slice(body))
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+        if !applied.is_object() {
+            return Err(ApiError::bad_request(
+                "the applied configuration must be an object",
+            ));
+        }
+        for (field, want) in [("apiVersion", t.api_version()), ("kind", info.kind.clone())] {
+            match applied.get(field).and_then(Value::as_str) {
+                Some(got) if got == want => {}
+                got => {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid object type: {field} must be {want:?}, got {got:?}"
+                    )));
+                }
+            }
+        }
+        if let Some(n) = meta(&applied, "name").filter(|n| !n.is_empty() && *n != name) {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
+        }
+        let force = q.get("force").is_some_and(|f| f == "true");
+        match old {
+            None => {
+                if t.subresource.is_some() {
+                    return Err(ApiError::not_found(t, &name));
+                }
+                let mut obj = applied.clone();
+                meta_mut(&mut obj).insert("name".into(), Value::String(name));
+                let writer = Writer {
+                    manager,
+                    applied: Some(apply::leaves(&applied).into_keys().collect()),
+                };
+                let collection = Target {
+                    name: None,
+                    ..t.clone()
+                };
+                self.create_as(&collection, q, obj, &writer)
+            }
+            Some(old) => {
+                let current = self.current(t, info, &old);
+                let (merged, owned) = apply::merge(t, &name, &current, &applied, &manager, force)?;
+                let writer = Writer {
+                    manager,
+                    applied: Some(owned),
+                };
+                self.write_existing(t, info, q, old, merged, &writer)
+            }
         }
     }
 
@@ -290,6 +376,7 @@ impl State {
         q: &Query,
         old: Value,
         candidate: Value,
+        writer: &Writer,
     ) -> Reply {
         let key = t.key();
         let name = t.name.clone().unwrap_or_default();
@@ -385,6 +472,8 @@ impl State {
             }
         }
         metadata::normalize(&mut new);
+        let managed = apply::record(t, Some(&old), &new, writer);
+        meta_mut(&mut new).insert("managedFields".into(), managed);
         let deleting = old.pointer("/metadata/deletionTimestamp").is_some();
         if deleting {
             let before = finalizers(&old);
