@@ -32,11 +32,123 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 60s, 5m or 1h30m)"))
 }
 
+/// A Lease counts whole seconds, and its holder renews a third of the
+/// duration before it ends.
+fn lease_duration(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d.subsec_nanos() != 0 || d < Duration::from_secs(3) {
+        return Err("a lease duration is whole seconds, at least 3s".into());
+    }
+    Ok(d)
+}
+
+/// A label selector as the API server takes it: requirements separated by
+/// commas, each `key`, `!key`, `key=value`, `key==value`, `key!=value`,
+/// `key in (a,b)` or `key notin (a,b)`.
+fn label_selector(s: &str) -> Result<String, String> {
+    fn name(part: &str) -> bool {
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        let (prefix, last) = match part.rsplit_once('/') {
+            Some((p, l)) => (Some(p), l),
+            None => (None, part),
+        };
+        let dns = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.');
+        prefix.is_none_or(|p| !p.is_empty() && p.len() <= 253 && p.chars().all(dns))
+            && !last.is_empty()
+            && last.len() <= 63
+            && last.chars().all(ok)
+    }
+    fn value(v: &str) -> bool {
+        v.len() <= 63
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    }
+    let mut requirements = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                requirements.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    requirements.push(&s[start..]);
+    for r in requirements.iter().map(|r| r.trim()) {
+        let valid = if let Some(key) = r.strip_prefix('!') {
+            name(key.trim())
+        } else if let Some((key, v)) = r
+            .split_once("!=")
+            .or_else(|| r.split_once("=="))
+            .or_else(|| r.split_once('='))
+        {
+            name(key.trim()) && value(v.trim())
+        } else if let Some((key, rest)) = r.split_once(' ') {
+            let rest = rest.trim();
+            let set = rest
+                .strip_prefix("notin")
+                .or_else(|| rest.strip_prefix("in"))
+                .map(str::trim)
+                .and_then(|s| s.strip_prefix('('))
+                .and_then(|s| s.strip_suffix(')'));
+            name(key.trim()) && set.is_some_and(|set| set.split(',').all(|v| value(v.trim())))
+        } else {
+            name(r)
+        };
+        if !valid {
+            return Err(format!(
+                "{r:?} is not a label requirement (write key=value, key!=value, key in (a,b), key notin (a,b), key or !key, separated by commas)"
+            ));
+        }
+    }
+    Ok(s.to_string())
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "TEND_NAMESPACE")]
     pub namespace: Option<String>,
+
+    /// Own only the Workspaces whose labels match this selector: only they are
+    /// watched, swept and reconciled. For sharding a very large fleet, e.g.
+    /// `tend.dev/shard=a`; give each shard its own --lease-name.
+    #[arg(long, env = "TEND_LABEL_SELECTOR", value_parser = label_selector)]
+    pub label_selector: Option<String>,
+
+    /// Elect one leader among the replicas on a Lease; only the leader
+    /// reconciles and sweeps, the others stand by to take over.
+    #[arg(long, env = "TEND_LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Name of the Lease (coordination.k8s.io) the replicas elect a leader on.
+    #[arg(long, env = "TEND_LEASE_NAME", default_value = "tend")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease (default: the namespace tend runs in, or the
+    /// kubeconfig's).
+    #[arg(long, env = "TEND_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// How long the Lease stays held after its last renewal: when a leader
+    /// dies without giving it up, a standby takes over within about this long.
+    /// The leader renews a third of it before it ends, and stops acting when a
+    /// renewal fails. Whole seconds, at least 3s.
+    #[arg(long, env = "TEND_LEASE_DURATION", value_parser = lease_duration, default_value = "15s")]
+    pub lease_duration: Duration,
+
+    /// This replica's name in the Lease (default: the host name, a Pod's name
+    /// in a cluster, and the process id).
+    #[arg(long, env = "TEND_LEASE_IDENTITY")]
+    pub lease_identity: Option<String>,
+
+    /// On SIGTERM tend takes no new work; reconciles in flight get this long
+    /// to finish before tend gives up the Lease and exits.
+    #[arg(long, env = "TEND_SHUTDOWN_TIMEOUT", value_parser = duration, default_value = "20s")]
+    pub shutdown_timeout: Duration,
 
     /// AWS region for Workspaces that name none (default: the AWS SDK's region chain).
     #[arg(long, env = "TEND_REGION")]
@@ -173,6 +285,43 @@ mod tests {
     fn a_bare_number_is_rejected_with_a_hint() {
         let err = RunArgs::from_flags(["--probe-timeout", "10"]).unwrap_err();
         assert!(err.to_string().contains("60s"), "{err}");
+    }
+
+    #[test]
+    fn lease_durations_are_whole_seconds_of_at_least_three() {
+        let args = RunArgs::from_flags(["--lease-duration", "10s"]).unwrap();
+        assert_eq!(args.lease_duration, Duration::from_secs(10));
+        assert_eq!(
+            RunArgs::from_flags(Vec::<&str>::new())
+                .unwrap()
+                .lease_duration,
+            Duration::from_secs(15)
+        );
+        for bad in ["2s", "3500ms"] {
+            let err = RunArgs::from_flags(["--lease-duration", bad]).unwrap_err();
+            assert!(err.to_string().contains("whole seconds"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn label_selectors_are_checked_before_they_reach_the_api_server() {
+        for good in [
+            "tend.dev/shard=a",
+            "tend.dev/shard==a,team!=ml",
+            "tend.dev/shard in (a, b),!legacy",
+            "env notin (dev),tier",
+            "shard=",
+        ] {
+            let args = RunArgs::from_flags(["--label-selector", good]).unwrap();
+            assert_eq!(args.label_selector.as_deref(), Some(good));
+        }
+        for bad in ["shard=a b", "=a", "shard in a,b", "a//b=c", "shard=(a)", ""] {
+            let err = RunArgs::from_flags(["--label-selector", bad]).unwrap_err();
+            assert!(
+                err.to_string().contains("label requirement"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

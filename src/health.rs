@@ -60,14 +60,65 @@ impl Verdict {
     }
 }
 
-/// Readiness shared by the controller, which sets it, and the HTTP port,
-/// which reports it.
+/// What this replica does under leader election.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    /// No leader election: the only replica, always acting.
+    Alone = 0,
+    /// Holds the Lease: reconciles and sweeps.
+    Leader = 1,
+    /// Another replica holds the Lease; this one waits to take over.
+    Standby = 2,
+    /// The last Lease call failed: not acting, and not able to take over.
+    LeaseUnreachable = 3,
+}
+
+impl Role {
+    fn from_u8(n: u8) -> Role {
+        match n {
+            0 => Role::Alone,
+            1 => Role::Leader,
+            2 => Role::Standby,
+            _ => Role::LeaseUnreachable,
+        }
+    }
+}
+
+/// Readiness shared by the controller and the leader election, which set it,
+/// and the HTTP port, which reports it.
 #[derive(Debug, Default)]
-pub struct Readiness(AtomicU8);
+pub struct Readiness {
+    verdict: AtomicU8,
+    role: AtomicU8,
+}
 
 impl Readiness {
     pub fn verdict(&self) -> Verdict {
-        Verdict::from_u8(self.0.load(Ordering::Relaxed))
+        Verdict::from_u8(self.verdict.load(Ordering::Relaxed))
+    }
+
+    pub fn role(&self) -> Role {
+        Role::from_u8(self.role.load(Ordering::Relaxed))
+    }
+
+    pub fn set_role(&self, role: Role) {
+        self.role.store(role as u8, Ordering::Relaxed);
+    }
+
+    /// What `/readyz` answers: ready or not, and why. A standby is ready: it
+    /// can take over. A leader is ready while its sweeps keep completing.
+    pub fn answer(&self) -> (bool, String) {
+        let verdict = self.verdict();
+        let sweeping = (verdict == Verdict::Ready, verdict.reason());
+        let (ready, why) = match self.role() {
+            _ if verdict == Verdict::SweeperStopped => (false, verdict.reason().to_string()),
+            Role::Alone => (sweeping.0, sweeping.1.to_string()),
+            Role::Leader => (sweeping.0, format!("leader: {}", sweeping.1)),
+            Role::Standby => (true, "standby: another replica holds the Lease".into()),
+            Role::LeaseUnreachable => (false, "the Lease cannot be read or renewed".into()),
+        };
+        (ready, why)
     }
 
     /// The controller runs; its sweeps have until [`overdue_after`] to show.
@@ -77,7 +128,7 @@ impl Readiness {
 
     fn set(&self, verdict: Verdict) {
         let _ = self
-            .0
+            .verdict
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
                 (Verdict::from_u8(now) != Verdict::SweeperStopped).then_some(verdict as u8)
             });

@@ -8,13 +8,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-use crate::health::{Readiness, Verdict};
+use crate::health::Readiness;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
-    /// Ready once the controller runs, while its sweeps keep completing.
+    /// Ready once the controller runs, while its sweeps keep completing; a
+    /// standby replica is ready too.
     pub ready: Arc<Readiness>,
 }
 
@@ -36,14 +37,14 @@ async fn metrics(State(s): State<HttpState>) -> ([(&'static str, &'static str); 
     )
 }
 
-async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
-    let verdict = s.ready.verdict();
-    let status = if verdict == Verdict::Ready {
+async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
+    let (ready, why) = s.ready.answer();
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, verdict.reason())
+    (status, why)
 }
 
 /// Binds the port; separate from serving so a bad address fails at start-up.

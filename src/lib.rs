@@ -6,6 +6,7 @@ pub mod config;
 pub mod core;
 pub mod health;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod reconciler;
 pub mod sweep;
@@ -26,11 +27,14 @@ use crate::backend::ec2::{BatchSettings, Ec2Backend, Ec2Settings, Limits, Rate};
 use crate::backend::external::{ExternalBackend, ExternalSettings};
 use crate::config::RunArgs;
 use crate::health::Readiness;
+use crate::leader::LeaseSettings;
 use crate::metrics::Metrics;
 use crate::reconciler::{Context, Settings};
 use crate::sweep::{Snapshot, SweepSettings, Sweeper};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::warn;
 
 /// The CRD as YAML, exactly as committed under `crds/`.
 pub fn crd_yaml() -> String {
@@ -68,6 +72,113 @@ pub fn tune(builder: aws_sdk_ec2::config::Builder, args: &RunArgs) -> aws_sdk_ec
                 .connect_timeout(args.probe_timeout.min(std::time::Duration::from_secs(3)))
                 .build(),
         )
+}
+
+/// The Lease this replica campaigns for, from the flags: `None` without
+/// `--leader-election`. The Lease lives in `--lease-namespace`, else in the
+/// client's namespace (in a cluster, the one tend runs in).
+pub fn lease_settings(args: &RunArgs, client: &kube::Client) -> Option<LeaseSettings> {
+    args.leader_election.then(|| LeaseSettings {
+        name: args.lease_name.clone(),
+        namespace: args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string()),
+        identity: args
+            .lease_identity
+            .clone()
+            .unwrap_or_else(leader::default_identity),
+        duration: args.lease_duration,
+    })
+}
+
+/// Runs this replica until `shutdown`: alone, or, given a Lease (and a client
+/// for it), acting only while it holds the Lease. Each time it leads, it
+/// starts afresh (a new cache, no memory of an earlier term) and stops acting
+/// the moment it loses the Lease. On `shutdown` it takes no new work, gives
+/// in-flight reconciles `--shutdown-timeout` to finish, then gives up the
+/// Lease.
+pub async fn run_replica(
+    args: &RunArgs,
+    client: kube::Client,
+    election: Option<(kube::Client, LeaseSettings)>,
+    ec2: aws_sdk_ec2::Config,
+    metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
+    shutdown: CancellationToken,
+) {
+    let term = || {
+        act(
+            args,
+            client.clone(),
+            ec2.clone(),
+            metrics.clone(),
+            ready.clone(),
+            &shutdown,
+        )
+    };
+    let Some((lease_client, lease)) = election else {
+        term().await;
+        return;
+    };
+    let (leading_tx, mut leading) = watch::channel(false);
+    let stop_campaign = CancellationToken::new();
+    let campaign = AbortOnDropHandle::new(tokio::spawn(leader::campaign(
+        lease_client,
+        lease.clone(),
+        leading_tx,
+        stop_campaign.clone(),
+        ready.clone(),
+        metrics.clone(),
+    )));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            led = leading.wait_for(|l| *l) => if led.is_err() { break },
+        }
+        let mut watching = leading.clone();
+        tokio::select! {
+            () = term() => break,
+            _ = watching.wait_for(|l| !*l) => {
+                warn!(lease = %lease.name, "stopped reconciling and sweeping: no longer the leader");
+            }
+        }
+    }
+    stop_campaign.cancel();
+    // Giving the Lease up takes a few short requests; a hung API server
+    // cannot hold the exit up for longer.
+    let _ = tokio::time::timeout(lease.renew_margin(), campaign).await;
+}
+
+/// One term of acting: the controller and the sweeper until `shutdown`, and
+/// then at most `--shutdown-timeout` for the reconciles in flight.
+async fn act(
+    args: &RunArgs,
+    client: kube::Client,
+    ec2: aws_sdk_ec2::Config,
+    metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
+    shutdown: &CancellationToken,
+) {
+    let running = run_controller(
+        args,
+        client,
+        ec2,
+        metrics,
+        ready,
+        shutdown.clone().cancelled_owned(),
+    );
+    let bound = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(args.shutdown_timeout).await;
+    };
+    tokio::select! {
+        () = running => {}
+        () = bound => warn!(
+            timeout = ?args.shutdown_timeout,
+            "reconciles still running after --shutdown-timeout were stopped"
+        ),
+    }
 }
 
 /// Runs the controller and the sweeper with the given clients until
@@ -139,7 +250,8 @@ pub async fn run_controller(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let controller = reconciler::new_controller(api, args.concurrency);
+    let controller =
+        reconciler::new_controller(api, args.label_selector.as_deref(), args.concurrency);
     let (published, snapshot) = watch::channel(Arc::new(Snapshot::default()));
     // Each completed sweep publishes a snapshot: readiness watches them.
     let sweeps = published.subscribe();

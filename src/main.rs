@@ -5,6 +5,7 @@ use tend::config::{Cli, Command, RunArgs};
 use tend::health::Readiness;
 use tend::http::{self, HttpState};
 use tend::metrics::Metrics;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 /// jemalloc keeps the resident set close to what is in use: with glibc's
@@ -26,9 +27,20 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     tend::telemetry::init(args.log_format);
-    let client = kube::Client::try_default().await.map_err(|e| {
+    let config = kube::Config::infer().await.map_err(|e| {
         anyhow::anyhow!("no Kubernetes configuration (in-cluster or KUBECONFIG): {e}")
     })?;
+    let client = kube::Client::try_from(config.clone())
+        .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))?;
+    let election = match tend::lease_settings(&args, &client) {
+        Some(lease) => {
+            let lease_client = lease
+                .client(config)
+                .map_err(|e| anyhow::anyhow!("cannot build the Lease client: {e}"))?;
+            Some((lease_client, lease))
+        }
+        None => None,
+    };
     let ec2 = tend::ec2_config(&args).await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(Readiness::default());
@@ -45,8 +57,33 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             error!("HTTP port {addr}: {e}");
         }
     });
-    info!(cluster = %args.cluster_name, namespace = ?args.namespace, "tend starting");
-    tend::run_controller(&args, client, ec2, metrics, ready, shutdown_signal()).await;
+    match &election {
+        Some((_, lease)) => info!(
+            cluster = %args.cluster_name,
+            namespace = ?args.namespace,
+            label_selector = ?args.label_selector,
+            lease = %lease.name,
+            lease_namespace = %lease.namespace,
+            identity = %lease.identity,
+            "tend starting; campaigning for the Lease"
+        ),
+        None => info!(
+            cluster = %args.cluster_name,
+            namespace = ?args.namespace,
+            label_selector = ?args.label_selector,
+            "tend starting"
+        ),
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            info!("shutting down: no new work; reconciles in flight may finish");
+            shutdown.cancel();
+        }
+    });
+    tend::run_replica(&args, client, election, ec2, metrics, ready, shutdown).await;
     info!("tend stopped");
     Ok(())
 }

@@ -47,6 +47,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaseLabels {
+    lease: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ZoneLabels {
     region: String,
     zone: String,
@@ -74,6 +79,7 @@ pub struct Metrics {
     objects_in_scope: Gauge,
     last_sweep_completed: Gauge<f64, AtomicU64>,
     sweep_overdue: Gauge,
+    leader: Family<LeaseLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -95,6 +101,7 @@ impl Default for Metrics {
             objects_in_scope: Gauge::default(),
             last_sweep_completed: Gauge::default(),
             sweep_overdue: Gauge::default(),
+            leader: Family::default(),
             registry: Registry::default(),
         };
         r.register("reconciles", "Reconciles by result", m.reconciles.clone());
@@ -167,6 +174,11 @@ impl Default for Metrics {
             "sweep_overdue",
             "1 while no sweep has completed for 3 sweep periods, or the sweeper stopped; /readyz fails meanwhile",
             m.sweep_overdue.clone(),
+        );
+        r.register(
+            "leader",
+            "Under leader election, 1 while this replica holds the Lease and acts, else 0",
+            m.leader.clone(),
         );
         Metrics { registry: r, ..m }
     }
@@ -264,6 +276,14 @@ impl Metrics {
         self.sweep_overdue.set(i64::from(overdue));
     }
 
+    pub fn leading(&self, lease: &str, leads: bool) {
+        self.leader
+            .get_or_create(&LeaseLabels {
+                lease: lease.to_string(),
+            })
+            .set(i64::from(leads));
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -284,6 +304,7 @@ mod tests {
     fn served() -> BTreeSet<String> {
         let m = Metrics::default();
         m.reconciled(None);
+        m.leading("tend", true);
         m.transition(Phase::Online);
         m.observed(&Observation::Running);
         m.backend_error(Runtime::Ec2, "RunInstances", ErrorKind::Throttled);

@@ -27,6 +27,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, error, info, warn};
 
 use apply::{Outcome, action_name, apply, ready_reason, restart_policy};
@@ -177,9 +178,17 @@ impl Error {
 /// The cache keeps no `managedFields`: they are often the bulk of a stored
 /// object, tend never reads them, and at 100,000 Workspaces they would be
 /// hundreds of megabytes.
-pub fn new_controller(api: Api<Workspace>, concurrency: u16) -> Controller<Workspace> {
+pub fn new_controller(
+    api: Api<Workspace>,
+    label_selector: Option<&str>,
+    concurrency: u16,
+) -> Controller<Workspace> {
     let (reader, writer) = reflector::store();
-    let objects = watcher(api, watcher::Config::default().any_semantic())
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(selector) = label_selector {
+        config = config.labels(selector);
+    }
+    let objects = watcher(api, config)
         .modify(|ws| ws.managed_fields_mut().clear())
         .reflect(writer)
         .applied_objects();
@@ -196,15 +205,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let store = controller.store();
-    let pruning = {
+    // Aborted when this future ends or is dropped (a replica that stops leading).
+    let _pruning = {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        AbortOnDropHandle::new(tokio::spawn(async move {
             let mut every = tokio::time::interval(ctx.settings.resync_interval);
             loop {
                 every.tick().await;
                 ctx.prune(&store);
             }
-        })
+        }))
     };
     controller
         .reconcile_on(wake)
@@ -220,7 +230,6 @@ pub async fn run(
             }
         })
         .await;
-    pruning.abort();
 }
 
 async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Requeue, Error> {

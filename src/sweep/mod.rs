@@ -19,6 +19,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 pub use breaker::{Assessment, BreakerSettings, Sample, Trip, assess};
@@ -407,12 +408,13 @@ impl Sweeper {
         // The watches are read on a task of their own, so that a sweep in
         // progress delays no look the reconciler should take at once.
         let (places, mut changed_at) = futures::channel::mpsc::unbounded();
-        let watching = tokio::spawn(forward(
+        // Aborted when the sweeper ends or is dropped.
+        let _watching = AbortOnDropHandle::new(tokio::spawn(forward(
             changes,
             places,
             self.wake.clone(),
             self.store.clone(),
-        ));
+        )));
         let mut changed = Changed::default();
         let mut last_early: Option<tokio::time::Instant> = None;
         loop {
@@ -448,7 +450,6 @@ impl Sweeper {
                 last_early = Some(tokio::time::Instant::now());
             }
         }
-        watching.abort();
     }
 
     /// One sweep: scope, observe, assess, publish, wake.

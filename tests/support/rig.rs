@@ -10,8 +10,8 @@ use tend::api::{Phase, Workspace};
 use tend::config::RunArgs;
 use tend::health::Readiness;
 use tend::metrics::Metrics;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::fake_kube::{FakeApiServer, FakeConfig};
 use super::faults::FaultProxy;
@@ -24,6 +24,34 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// Who the controller's requests come from: the ServiceAccount `deploy/` runs it as.
 pub const CONTROLLER_USER: &str = "system:serviceaccount:tend-system:tend";
 
+/// One running controller process, in-process.
+pub struct Replica {
+    pub user: String,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<Readiness>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl Replica {
+    /// Stops it mid-flight, as a crash would: nothing is given up.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    /// Stops it as SIGTERM does, and waits until it has.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Whether it holds the Lease (with leader election) and acts.
+    pub fn leads(&self) -> bool {
+        self.ready.role() == tend::health::Role::Leader
+    }
+}
+
 pub struct Rig {
     pub kube: FakeApiServer,
     pub moto: Moto,
@@ -33,7 +61,7 @@ pub struct Rig {
     pub ami: String,
     pub args: RunArgs,
     pub metrics: Arc<Metrics>,
-    controller: Option<(JoinHandle<()>, oneshot::Sender<()>)>,
+    controller: Option<Replica>,
 }
 
 impl Rig {
@@ -125,33 +153,51 @@ impl Rig {
 
     pub async fn start_controller_with(&mut self, ec2: aws_sdk_ec2::Config) {
         assert!(self.controller.is_none(), "controller already running");
-        let (tx, rx) = oneshot::channel();
-        let args = self.args.clone();
-        let client = self.kube.client_as(CONTROLLER_USER);
         self.metrics = Arc::new(Metrics::default());
-        let metrics = self.metrics.clone();
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = rx.await;
-            };
-            tend::run_controller(
-                &args,
-                client,
-                ec2,
-                metrics,
-                Arc::new(Readiness::default()),
-                shutdown,
-            )
-            .await;
+        let replica = self.replica_with(CONTROLLER_USER, ec2, self.metrics.clone());
+        self.controller = Some(replica);
+    }
+
+    /// A replica of the controller running as `user`, with its own metrics and
+    /// readiness; under leader election when `args.leader_election` is set
+    /// (its identity is then `user`).
+    pub fn replica(&self, user: &str) -> Replica {
+        self.replica_with(user, self.ec2_config(), Arc::new(Metrics::default()))
+    }
+
+    fn replica_with(&self, user: &str, ec2: aws_sdk_ec2::Config, metrics: Arc<Metrics>) -> Replica {
+        let mut args = self.args.clone();
+        if args.leader_election && args.lease_identity.is_none() {
+            args.lease_identity = Some(user.to_string());
+        }
+        let client = self.kube.client_as(user);
+        let election = tend::lease_settings(&args, &client).map(|lease| {
+            let lease_client = lease
+                .client(self.kube.config_as(user))
+                .expect("a Lease client for the fake API server");
+            (lease_client, lease)
         });
-        self.controller = Some((task, tx));
+        let ready = Arc::new(Readiness::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (metrics, ready, shutdown) = (metrics.clone(), ready.clone(), shutdown.clone());
+            async move {
+                tend::run_replica(&args, client, election, ec2, metrics, ready, shutdown).await;
+            }
+        });
+        Replica {
+            user: user.to_string(),
+            metrics,
+            ready,
+            shutdown,
+            task,
+        }
     }
 
     /// Kills the controller mid-flight, as a crash would.
     pub async fn crash_controller(&mut self) {
-        if let Some((task, _tx)) = self.controller.take() {
-            task.abort();
-            let _ = task.await;
+        if let Some(replica) = self.controller.take() {
+            replica.kill().await;
         }
     }
 
@@ -422,8 +468,8 @@ impl Rig {
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        if let Some((task, _)) = self.controller.take() {
-            task.abort();
+        if let Some(replica) = self.controller.take() {
+            replica.task.abort();
         }
     }
 }
