@@ -1,5 +1,6 @@
 //! The RBAC in `deploy/` is exactly what tend uses. tend runs as deployed (every
-//! namespace) through each way it touches the API; then every request it made must be
+//! namespace, leader election on a Lease in `tend-system`) through each way it touches
+//! the API; then every request it made must be
 //! allowed by the roles `kubectl kustomize deploy/` renders, bound to its ServiceAccount,
 //! and every permission those roles grant must have been used. The same holds for the
 //! example external agent (`examples/external-agent.sh`) and the Role its manifest
@@ -8,16 +9,16 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 
 use aws_sdk_ec2::types::InstanceStateName;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, PostParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use support::checks::has_condition;
 use support::fake_kube::RecordedRequest;
+use support::manifests::{documents, kustomize};
 use support::rig::{CONTROLLER_USER, NS, Rig};
 use tend::api::{Phase, ReclaimPolicy, SecretKeyRef};
 
@@ -35,8 +36,18 @@ const PUBLIC_PATHS: &[&str] = &["/version", "/healthz", "/livez", "/readyz", "/a
 /// and an external one awaits its agent, loses its heartbeat and gets it back.
 async fn controller_requests() -> Vec<RecordedRequest> {
     let mut rig = Rig::new().await;
-    // As deployed: tend watches every namespace.
+    // As deployed: tend watches every namespace, and elects its leader on a Lease in
+    // its own namespace.
     rig.args.namespace = None;
+    rig.args.leader_election = true;
+    rig.args.lease_namespace = Some("tend-system".into());
+    let namespaces: Api<Namespace> = Api::all(rig.kube.client());
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "tend-system"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
     rig.start_controller().await;
 
     let secrets: Api<Secret> = Api::namespaced(rig.kube.client(), NS);
@@ -229,27 +240,6 @@ fn names(subject: &Value, user: &str) -> bool {
     }
 }
 
-/// What `kubectl kustomize deploy/` renders.
-fn rendered_deploy() -> Vec<Value> {
-    let rendered = Command::new("kubectl")
-        .args(["kustomize", "deploy/"])
-        .current_dir(support::paths::project_path(""))
-        .output()
-        .expect("kubectl runs (it renders deploy/)");
-    assert!(
-        rendered.status.success(),
-        "kubectl kustomize deploy/ failed: {}",
-        String::from_utf8_lossy(&rendered.stderr)
-    );
-    documents(&String::from_utf8(rendered.stdout).unwrap())
-}
-
-fn documents(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).expect("the YAML parses"))
-        .collect()
-}
-
 /// Every rule these objects bind to `user`.
 fn grants_to(objects: &[Value], user: &str) -> Vec<Grant> {
     let rules =
@@ -339,7 +329,7 @@ fn permission(r: &RecordedRequest) -> String {
 
 #[tokio::test]
 async fn deploy_rbac_allows_what_tend_does_and_nothing_more() {
-    let grants = grants_to(&rendered_deploy(), CONTROLLER_USER);
+    let grants = grants_to(&kustomize("deploy/"), CONTROLLER_USER);
     let requests = controller_requests().await;
     assert!(
         requests.iter().any(|r| r.verb == "watch"),

@@ -6,6 +6,7 @@ pub mod checks;
 pub mod fake_kube;
 pub mod faults;
 pub mod kubelet;
+pub mod manifests;
 pub mod moto;
 pub mod paths;
 pub mod rig;

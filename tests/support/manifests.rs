@@ -1,0 +1,33 @@
+//! The manifests a user applies: what `kubectl kustomize` renders, as JSON values.
+
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// What `kubectl kustomize DIR` renders, DIR relative to the checkout.
+pub fn kustomize(dir: &str) -> Vec<Value> {
+    let rendered = Command::new("kubectl")
+        .args(["kustomize", dir])
+        .current_dir(super::paths::project_path(""))
+        .output()
+        .expect("kubectl runs (it renders the kustomizations)");
+    assert!(
+        rendered.status.success(),
+        "kubectl kustomize {dir} failed: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    documents(&String::from_utf8(rendered.stdout).expect("kustomize writes UTF-8"))
+}
+
+/// Every document of a multi-document YAML text.
+pub fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).expect("the YAML parses"))
+        .collect()
+}
+
+/// The objects of this kind.
+pub fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
