@@ -3,7 +3,7 @@ VENV := .venv
 MOTO := $(VENV)/bin/moto_server
 PYTHON ?= python3
 
-.PHONY: demo test crd bench lint moto
+.PHONY: demo test crd bench lint moto image
 
 # moto (a local EC2 API emulator) lives in a project-local virtualenv.
 $(MOTO):
@@ -30,6 +30,11 @@ test: $(MOTO)
 bench: $(MOTO)
 	cargo bench --bench sweep
 	cargo bench --bench controller
+
+## Build the container image ghcr.io/tend-dev/tend:VERSION (IMAGE=... for another
+## name): the Dockerfile with docker or podman where an engine runs, else buildah.
+image:
+	sh scripts/build-image.sh
 
 ## Regenerate the committed CRD from the code.
 crd:

@@ -154,3 +154,34 @@ fn each_shard_owns_its_own_workspaces_under_its_own_lease() {
         assert_eq!(of_kind(&objects, kind).len(), 1, "{kind}");
     }
 }
+
+/// The image `deploy/` runs is the one the release workflow publishes for this
+/// version, and the one `make image` builds.
+#[test]
+fn deploy_runs_the_image_published_for_this_version() {
+    let workflow: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(support::paths::project_path(
+            ".github/workflows/release.yml",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let image = workflow["env"]["IMAGE"]
+        .as_str()
+        .expect("the workflow names its image");
+    let published = format!("{image}:{}", env!("CARGO_PKG_VERSION"));
+    for dir in ["deploy/", "deploy/shards/"] {
+        for d in of_kind(&kustomize(dir), "Deployment") {
+            assert_eq!(
+                d["spec"]["template"]["spec"]["containers"][0]["image"], published,
+                "{dir}: bump the image tag with Cargo.toml's version"
+            );
+        }
+    }
+    let script =
+        std::fs::read_to_string(support::paths::project_path("scripts/build-image.sh")).unwrap();
+    assert!(
+        script.contains(&format!("image=\"${{IMAGE:-{image}}}\"")),
+        "make image builds another name than the workflow publishes"
+    );
+}
