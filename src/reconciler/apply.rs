@@ -83,9 +83,6 @@ pub(super) async fn apply(
         .await?;
         return Ok(Requeue::await_change());
     };
-    let ns = ws.namespace().unwrap_or_default();
-    let name = ws.name_any();
-
     let now = Timestamp::now();
     let retry = ws.annotations().get(RETRY_ANNOTATION).cloned();
     let retry_handled = retry.filter(|r| old.handled_retry.as_ref() != Some(r));
@@ -100,7 +97,7 @@ pub(super) async fn apply(
     // the answer this reconcile acted on, not a newer one.
     let snapshot = ctx.snapshot.borrow().clone();
     if has_backend && let Some(left) = ctx.first_sweep_due(ws, backend, &old, &snapshot) {
-        debug!(workspace = %name, namespace = %ns, "waiting for the first sweep's answer");
+        debug!("waiting for the first sweep's answer");
         return Ok(Requeue::requeue(left));
     }
     let look = if has_backend {
@@ -140,7 +137,7 @@ pub(super) async fn apply(
     }
     if let Err(illegal) = transition(phase, plan.phase) {
         // A bug in the decision table; refuse rather than write a lie.
-        error!(workspace = %name, namespace = %ns, "{illegal}");
+        error!("{illegal}");
         return Err(illegal.into());
     }
 
@@ -220,7 +217,7 @@ pub(super) async fn apply(
             // What did not happen is not announced: no phase change, no
             // restart counted, unless the failure itself is the news.
             outcome.phase = phase;
-            fail(&mut outcome, phase, plan.action, e, ctx, ws, backend);
+            fail(&mut outcome, phase, plan.action, e, ctx, backend);
         }
     }
     let wrote = commit(ws, ctx, api, &old, outcome).await?;

@@ -30,12 +30,10 @@ pub(super) async fn cleanup(
     let Some(backend) = ctx.backend(ws) else {
         return Ok(None);
     };
-    let ns = ws.namespace().unwrap_or_default();
-    let name = ws.name_any();
     let mut skipped = Vec::new();
     let step = backend.teardown(ws, &mut skipped).await;
     for why in skipped {
-        warn!(workspace = %name, namespace = %ns, "left alone during deletion: {why}");
+        warn!("left alone during deletion: {why}");
         let event = Event {
             type_: EventType::Warning,
             reason: "ForeignResource".into(),
@@ -80,5 +78,5 @@ pub(super) async fn announce(ws: &Workspace, ctx: &Context, released: Released) 
     if let Some(backend) = ctx.backend(ws) {
         backend.forget(ws);
     }
-    info!(workspace = %ws.name_any(), namespace = ?ws.namespace(), "released");
+    info!("released");
 }

@@ -100,6 +100,12 @@ pub(super) async fn commit(
         event.secondary = related.clone();
         publish(ctx, ws, event).await;
     }
+    // What the reconcile's log lines from here on say of the Workspace.
+    let span = tracing::Span::current();
+    span.record("phase", outcome.phase.as_str());
+    if let Some(backend) = &new.backend {
+        span.record("instance", backend.as_str());
+    }
     if from != outcome.phase {
         ctx.metrics.transition(outcome.phase);
         match outcome.phase {
@@ -109,7 +115,7 @@ pub(super) async fn commit(
             Phase::Restarting => ctx.metrics.restarted(),
             _ => {}
         }
-        info!(workspace = %ws.name_any(), namespace = ?ws.namespace(), from = %from, to = %outcome.phase, "phase changed");
+        info!(from = %from, to = %outcome.phase, "phase changed");
     }
     Ok(true)
 }
@@ -227,7 +233,7 @@ pub(super) async fn publish(ctx: &Context, ws: &Workspace, mut event: Event) {
         fit_note(note);
     }
     if let Err(e) = ctx.recorder.publish(&event, &ws.object_ref(&())).await {
-        warn!(workspace = %ws.name_any(), namespace = ?ws.namespace(), "could not publish event {}: {e}", event.reason);
+        warn!("could not publish event {}: {e}", event.reason);
     }
 }
 

@@ -9,14 +9,12 @@ pub(super) fn fail(
     action: Action,
     e: BackendError,
     ctx: &Context,
-    ws: &Workspace,
     backend: &dyn Backend,
 ) {
-    let (name, ns) = (ws.name_any(), ws.namespace().unwrap_or_default());
     let message = e.to_string();
     match &e {
         BackendError::NotOwned { .. } => {
-            warn!(workspace = %name, namespace = %ns, "refusing to touch a foreign resource: {message}");
+            warn!("refusing to touch a foreign resource: {message}");
             outcome.phase = phase;
             outcome.problem = Some(Problem::failure("ForeignResource", message));
         }
@@ -36,11 +34,11 @@ pub(super) fn fail(
                     message,
                 ),
                 ErrorKind::Auth => {
-                    error!(workspace = %name, namespace = %ns, "the backend rejected tend's credentials: {message}");
+                    error!("the backend rejected tend's credentials: {message}");
                     outcome.problem = Some(Problem::failure(backend.auth_reason(), message));
                     outcome.phase = phase;
                 }
-                _ => retry_later(outcome, &name, &ns, message),
+                _ => retry_later(outcome, message),
             }
         }
         BackendError::Invalid(_) => failed(outcome, phase, "LaunchFailed", message),
@@ -49,11 +47,11 @@ pub(super) fn fail(
             outcome.phase = phase;
             outcome.problem = Some(Problem::failure(reason, message));
         }
-        BackendError::InputUnreadable(_) => retry_later(outcome, &name, &ns, message),
+        BackendError::InputUnreadable(_) => retry_later(outcome, message),
         // Healing needs the data; an empty volume in its place would hide the
         // loss. Held until a human's tend.dev/retry (see WAITS_FOR_HUMAN).
         BackendError::VolumeLost { .. } => {
-            error!(workspace = %name, namespace = %ns, "{message}");
+            error!("{message}");
             failed(
                 outcome,
                 phase,
@@ -68,7 +66,7 @@ pub(super) fn fail(
         // The phase stays; retries back off, and the condition (and its one
         // event) changes only with the message.
         BackendError::VolumeInUse { .. } => {
-            warn!(workspace = %name, namespace = %ns, "{message}; not attaching it");
+            warn!("{message}; not attaching it");
             outcome.phase = phase;
             outcome.problem = Some(Problem::failure(
                 "VolumeInUse",
@@ -79,8 +77,8 @@ pub(super) fn fail(
 }
 
 /// A failure that a later attempt may not have: said, and retried.
-fn retry_later(outcome: &mut Outcome, name: &str, ns: &str, message: String) {
-    warn!(workspace = %name, namespace = %ns, "{message}; will retry");
+fn retry_later(outcome: &mut Outcome, message: String) {
+    warn!("{message}; will retry");
     outcome.detail = Some(format!("retrying after: {message}"));
 }
 

@@ -50,7 +50,7 @@ pub(super) async fn look(
             ctx.settings.sweep_interval,
         )
     {
-        debug!(workspace = %ws.name_any(), sweep = snapshot.sweep, "using the sweep's answer");
+        debug!(sweep = snapshot.sweep, "using the sweep's answer");
         return Look {
             observation: entry.observation.clone(),
             asked_at: entry.observed_at,
@@ -78,7 +78,7 @@ pub(super) async fn look(
         None => Sighting::unknown("nothing recorded to look at", now),
     };
     let observation = seen.observation;
-    debug!(workspace = %ws.name_any(), forced, ?observation, "looked directly");
+    debug!(forced, ?observation, "looked directly");
     ctx.metrics.observed(&observation);
     let held = entry
         .filter(|e| Some(e.backend_id.as_str()) == old.backend_id())

@@ -28,7 +28,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use apply::{Outcome, action_name, apply, ready_reason, restart_policy};
 use cleanup::cleanup;
@@ -222,9 +222,9 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
-                Ok((obj, _)) => debug!(workspace = %obj, "reconciled"),
+                Ok((obj, _)) => debug!(object = %obj, "reconciled"),
                 Err(controller::Error::ReconcilerFailed(e, obj)) if e.teardown_wait() => {
-                    debug!(workspace = %obj, "{e}")
+                    debug!(object = %obj, "{e}")
                 }
                 Err(e) => warn!("reconcile failed: {e}"),
             }
@@ -232,7 +232,21 @@ pub async fn run(
         .await;
 }
 
+/// One reconcile, in a span naming the Workspace, its backend and its phase
+/// (updated when the reconcile writes a new one).
 async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let status = ws.status.as_ref();
+    let span = info_span!(
+        "reconcile",
+        namespace = %ws.namespace().unwrap_or_default(),
+        workspace = %ws.name_any(),
+        instance = status.and_then(|s| s.backend.as_deref()),
+        phase = status.and_then(|s| s.phase).map(Phase::as_str),
+    );
+    reconcile_in_span(ws, ctx).instrument(span).await
+}
+
+async fn reconcile_in_span(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     // The safety resync of a settled Workspace whose inputs did not change.
     if ctx.unchanged(&ws) {
         ctx.metrics.unchanged();
@@ -276,7 +290,7 @@ fn error_policy(ws: Arc<Workspace>, err: &Error, ctx: Arc<Context>) -> Requeue {
         return Requeue::requeue(ctx.settings.progress_interval);
     }
     let delay = ctx.backoff(&ws.uid().unwrap_or_default());
-    warn!(workspace = %ws.name_any(), namespace = ?ws.namespace(), retry_in = ?delay, "{err}");
+    warn!(namespace = %ws.namespace().unwrap_or_default(), workspace = %ws.name_any(), retry_in = ?delay, "{err}");
     Requeue::requeue(delay)
 }
 

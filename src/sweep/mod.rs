@@ -20,7 +20,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use breaker::{Assessment, BreakerSettings, Sample, Trip, assess};
 pub use observe::observe_all;
@@ -436,13 +436,14 @@ impl Sweeper {
                     Scope::Changed(std::mem::take(&mut changed).places)
                 }
             };
+            let span = info_span!("sweep", early = matches!(scope, Scope::Changed(_)));
             tokio::select! {
                 _ = cancel.cancelled() => {
                     info!("sweep cancelled");
                     break;
                 }
-                report = self.sweep_once(&scope) => {
-                    debug!(sweep = report.sweep, early = matches!(scope, Scope::Changed(_)), observed = report.observed, changed = report.changed.len(), duration = ?report.duration, "sweep done");
+                report = self.sweep_once(&scope).instrument(span.clone()) => {
+                    span.in_scope(|| debug!(sweep = report.sweep, observed = report.observed, changed = report.changed.len(), duration = ?report.duration, "sweep done"));
                 }
             }
             // The gap between early sweeps runs from the end of the last one.
