@@ -158,6 +158,17 @@ pub struct RunArgs {
     #[arg(long, env = "TEND_EC2_ENDPOINT")]
     pub ec2_endpoint: Option<String>,
 
+    /// An SQS queue that EventBridge fills with EC2 instance state-change
+    /// notifications and spot interruption warnings (docs/ec2-events.md). A
+    /// message about one of tend's instances makes the sweeper look at its
+    /// region at once; what EC2 answers decides, never the message.
+    #[arg(long, env = "TEND_SQS_QUEUE_URL")]
+    pub sqs_queue_url: Option<String>,
+
+    /// SQS endpoint URL, e.g. for moto. AWS_ENDPOINT_URL_SQS also works.
+    #[arg(long, env = "TEND_SQS_ENDPOINT")]
+    pub sqs_endpoint: Option<String>,
+
     /// Name of this cluster, written to the tend.dev/cluster tag of every resource
     /// tend creates and required on every resource it changes.
     #[arg(long, env = "TEND_CLUSTER_NAME", default_value = "default")]

@@ -23,6 +23,7 @@ use kube::api::Api;
 use crate::api::Workspace;
 use crate::backend::Backends;
 use crate::backend::container::{ContainerBackend, ContainerSettings};
+use crate::backend::ec2::hints::Hints;
 use crate::backend::ec2::{BatchSettings, Ec2Backend, Ec2Settings, Limits, Rate};
 use crate::backend::external::{ExternalBackend, ExternalSettings};
 use crate::config::RunArgs;
@@ -41,9 +42,23 @@ pub fn crd_yaml() -> String {
     serde_yaml::to_string(&Workspace::crd()).expect("the CRD serialises")
 }
 
-/// The EC2 client configuration from the AWS default chain (env, profile, IRSA,
+/// The AWS clients tend uses: EC2 always, SQS for EC2 event hints.
+#[derive(Debug, Clone)]
+pub struct Aws {
+    pub ec2: aws_sdk_ec2::Config,
+    /// Only with `--sqs-queue-url`.
+    pub sqs: Option<aws_sdk_sqs::Config>,
+}
+
+impl From<aws_sdk_ec2::Config> for Aws {
+    fn from(ec2: aws_sdk_ec2::Config) -> Self {
+        Aws { ec2, sqs: None }
+    }
+}
+
+/// The AWS client configurations from the default chain (env, profile, IRSA,
 /// EKS Pod Identity), with tend's timeouts and an explicit retry policy.
-pub async fn ec2_config(args: &RunArgs) -> anyhow::Result<aws_sdk_ec2::Config> {
+pub async fn aws_config(args: &RunArgs) -> anyhow::Result<Aws> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(region) = &args.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
@@ -52,11 +67,29 @@ pub async fn ec2_config(args: &RunArgs) -> anyhow::Result<aws_sdk_ec2::Config> {
     let Some(region) = sdk.region().map(|r| r.to_string()) else {
         anyhow::bail!("no AWS region: pass --region (TEND_REGION) or set AWS_REGION");
     };
-    let mut ec2 = aws_sdk_ec2::config::Builder::from(&sdk).region(aws_config::Region::new(region));
+    let region = aws_config::Region::new(region);
+    let mut ec2 = aws_sdk_ec2::config::Builder::from(&sdk).region(region.clone());
     if let Some(url) = &args.ec2_endpoint {
         ec2 = ec2.endpoint_url(url);
     }
-    Ok(tune(ec2, args).build())
+    let sqs = args.sqs_queue_url.as_ref().map(|_| {
+        let mut sqs = aws_sdk_sqs::config::Builder::from(&sdk)
+            .region(region)
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(args.probe_timeout.min(std::time::Duration::from_secs(3)))
+                    .build(),
+            );
+        if let Some(url) = &args.sqs_endpoint {
+            sqs = sqs.endpoint_url(url);
+        }
+        sqs.build()
+    });
+    Ok(Aws {
+        ec2: tune(ec2, args).build(),
+        sqs,
+    })
 }
 
 /// Applies tend's per-call timeout and retry policy to an EC2 client config.
@@ -102,7 +135,7 @@ pub async fn run_replica(
     args: &RunArgs,
     client: kube::Client,
     election: Option<(kube::Client, LeaseSettings)>,
-    ec2: aws_sdk_ec2::Config,
+    aws: Aws,
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
     shutdown: CancellationToken,
@@ -111,7 +144,7 @@ pub async fn run_replica(
         act(
             args,
             client.clone(),
-            ec2.clone(),
+            aws.clone(),
             metrics.clone(),
             ready.clone(),
             &shutdown,
@@ -155,7 +188,7 @@ pub async fn run_replica(
 async fn act(
     args: &RunArgs,
     client: kube::Client,
-    ec2: aws_sdk_ec2::Config,
+    aws: Aws,
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
     shutdown: &CancellationToken,
@@ -163,7 +196,7 @@ async fn act(
     let running = run_controller(
         args,
         client,
-        ec2,
+        aws,
         metrics,
         ready,
         shutdown.clone().cancelled_owned(),
@@ -186,11 +219,12 @@ async fn act(
 pub async fn run_controller(
     args: &RunArgs,
     client: kube::Client,
-    ec2: aws_sdk_ec2::Config,
+    aws: impl Into<Aws>,
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let Aws { ec2, sqs } = aws.into();
     let default_region = ec2.region().map(|r| r.to_string()).unwrap_or_default();
     let limits = Arc::new(Limits::new(
         Rate {
@@ -203,11 +237,11 @@ pub async fn run_controller(
         },
     ));
     let mut backends = Backends::default();
-    backends.register(Arc::new(Ec2Backend::new(
+    let ec2_backend = Arc::new(Ec2Backend::new(
         ec2,
         Ec2Settings {
             cluster: args.cluster_name.clone(),
-            default_region,
+            default_region: default_region.clone(),
             not_found_grace: args.not_found_grace,
             batch: BatchSettings {
                 batch_size: args.batch_size as usize,
@@ -217,7 +251,9 @@ pub async fn run_controller(
         },
         limits,
         client.clone(),
-    )));
+    ));
+    let hinted = ec2_backend.hints();
+    backends.register(ec2_backend);
     backends.register(Arc::new(ContainerBackend::new(
         client.clone(),
         ContainerSettings {
@@ -252,6 +288,19 @@ pub async fn run_controller(
     };
     let controller =
         reconciler::new_controller(api, args.label_selector.as_deref(), args.concurrency);
+    let hints = match (&args.sqs_queue_url, sqs) {
+        (Some(queue_url), Some(sqs)) => Some(Hints {
+            sqs: aws_sdk_sqs::Client::from_conf(sqs),
+            queue_url: queue_url.clone(),
+            store: controller.store(),
+            changes: hinted,
+            recorder: kube::runtime::events::Recorder::new(client.clone(), "tend".into()),
+            metrics: metrics.clone(),
+            call_timeout: args.probe_timeout,
+            default_region,
+        }),
+        _ => None,
+    };
     let (published, snapshot) = watch::channel(Arc::new(Snapshot::default()));
     // Each completed sweep publishes a snapshot: readiness watches them.
     let sweeps = published.subscribe();
@@ -277,7 +326,13 @@ pub async fn run_controller(
     // Both run inside this one future, so dropping it stops both.
     let cancel = CancellationToken::new();
     let stop_sweeping = cancel.clone();
+    let hinting = async {
+        if let Some(hints) = hints {
+            hints.run(cancel.clone()).await;
+        }
+    };
     tokio::join!(
+        hinting,
         health::supervise_sweeper(
             sweeper.run(cancel.clone()),
             sweeps,

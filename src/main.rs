@@ -41,7 +41,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let ec2 = tend::ec2_config(&args).await?;
+    let aws = tend::aws_config(&args).await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(Readiness::default());
     let state = HttpState {
@@ -83,7 +83,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    tend::run_replica(&args, client, election, ec2, metrics, ready, shutdown).await;
+    tend::run_replica(&args, client, election, aws, metrics, ready, shutdown).await;
     info!("tend stopped");
     Ok(())
 }

@@ -80,6 +80,8 @@ pub struct Metrics {
     last_sweep_completed: Gauge<f64, AtomicU64>,
     sweep_overdue: Gauge,
     leader: Family<LeaseLabels, Gauge>,
+    hints: Family<OutcomeLabels, Counter>,
+    hint_receive_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -102,6 +104,8 @@ impl Default for Metrics {
             last_sweep_completed: Gauge::default(),
             sweep_overdue: Gauge::default(),
             leader: Family::default(),
+            hints: Family::default(),
+            hint_receive_errors: Counter::default(),
             registry: Registry::default(),
         };
         r.register("reconciles", "Reconciles by result", m.reconciles.clone());
@@ -179,6 +183,16 @@ impl Default for Metrics {
             "leader",
             "Under leader election, 1 while this replica holds the Lease and acts, else 0",
             m.leader.clone(),
+        );
+        r.register(
+            "ec2_hints",
+            "EC2 event hint messages read from the SQS queue, by what became of them",
+            m.hints.clone(),
+        );
+        r.register(
+            "ec2_hint_receive_errors",
+            "Failed or timed-out receives from the EC2 event hint queue",
+            m.hint_receive_errors.clone(),
         );
         Metrics { registry: r, ..m }
     }
@@ -284,6 +298,14 @@ impl Metrics {
             .set(i64::from(leads));
     }
 
+    pub fn hint(&self, outcome: &'static str) {
+        self.hints.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn hint_receive_failed(&self) {
+        self.hint_receive_errors.inc();
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -305,6 +327,7 @@ mod tests {
         let m = Metrics::default();
         m.reconciled(None);
         m.leading("tend", true);
+        m.hint("handled");
         m.transition(Phase::Online);
         m.observed(&Observation::Running);
         m.backend_error(Runtime::Ec2, "RunInstances", ErrorKind::Throttled);

@@ -259,6 +259,54 @@ impl Moto {
         aws_sdk_ec2::Client::from_conf(Self::ec2_config_for(url).build())
     }
 
+    /// An SQS client configuration for this moto (its queues stand in for
+    /// the one EventBridge fills), with the fixture's region and credentials.
+    pub fn sqs_config(&self) -> aws_sdk_sqs::Config {
+        use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+        aws_sdk_sqs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "moto-fixture"))
+            .endpoint_url(self.url())
+            .build()
+    }
+
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::from_conf(self.sqs_config())
+    }
+
+    /// Creates a queue; its URL.
+    pub async fn queue(&self, name: &str) -> String {
+        self.sqs()
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .expect("moto creates a queue")
+            .queue_url
+            .expect("a queue URL")
+    }
+
+    /// Messages in the queue, visible or in flight.
+    pub async fn queued(&self, url: &str) -> usize {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let attributes = self
+            .sqs()
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("moto reads the queue's attributes")
+            .attributes
+            .unwrap_or_default();
+        attributes
+            .values()
+            .map(|n| n.parse::<usize>().expect("a count"))
+            .sum()
+    }
+
     /// An EC2 client talking to this moto directly.
     pub fn ec2(&self) -> aws_sdk_ec2::Client {
         self.ec2.clone()

@@ -179,10 +179,15 @@ impl Rig {
         });
         let ready = Arc::new(Readiness::default());
         let shutdown = CancellationToken::new();
+        // EC2 event hints come from moto's SQS, not through the fault proxy.
+        let aws = tend::Aws {
+            ec2,
+            sqs: args.sqs_queue_url.as_ref().map(|_| self.moto.sqs_config()),
+        };
         let task = tokio::spawn({
             let (metrics, ready, shutdown) = (metrics.clone(), ready.clone(), shutdown.clone());
             async move {
-                tend::run_replica(&args, client, election, ec2, metrics, ready, shutdown).await;
+                tend::run_replica(&args, client, election, aws, metrics, ready, shutdown).await;
             }
         });
         Replica {

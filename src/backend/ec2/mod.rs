@@ -8,6 +8,7 @@ mod batch;
 mod client;
 mod describe;
 mod errors;
+pub mod hints;
 mod limits;
 mod observe;
 mod ownership;
@@ -52,7 +53,7 @@ use crate::api::{
     Ec2Spec, ReclaimPolicy, Runtime, SpotInterruptionBehavior, Workspace, WorkspaceStatus,
 };
 use crate::backend::{
-    Backend, BackendError, CallError, ErrorKind, Observed, Owner, Probe, Record, Step,
+    Backend, BackendError, CallError, Change, ErrorKind, Observed, Owner, Probe, Record, Step,
 };
 use crate::core::Observation;
 
@@ -84,6 +85,9 @@ pub struct Ec2Backend {
     unspent: unspent::Unspent,
     /// Reads the user data Secret a launch names.
     kube: kube::Client,
+    /// Regions to look at early, from EC2 event hints (see `hints.rs`).
+    hints: futures::channel::mpsc::UnboundedSender<Change>,
+    hinted: Mutex<Option<futures::channel::mpsc::UnboundedReceiver<Change>>>,
 }
 
 impl Ec2Backend {
@@ -95,6 +99,7 @@ impl Ec2Backend {
     ) -> Self {
         let regions = Arc::new(Regions::new(base, limits, settings.batch.max_in_flight));
         let reads = reads::reads(regions.clone(), settings.batch, settings.cluster.clone());
+        let (hints, hinted) = futures::channel::mpsc::unbounded();
         Ec2Backend {
             settings,
             regions,
@@ -104,7 +109,14 @@ impl Ec2Backend {
             volumes_missing: Mutex::new(HashMap::new()),
             unspent: unspent::Unspent::default(),
             kube,
+            hints,
+            hinted: Mutex::new(Some(hinted)),
         }
+    }
+
+    /// Where EC2 event hints send the regions the sweeper should look at now.
+    pub fn hints(&self) -> futures::channel::mpsc::UnboundedSender<Change> {
+        self.hints.clone()
     }
 
     pub fn region_of<'a>(&'a self, spec: &'a Ec2Spec, status: &'a WorkspaceStatus) -> &'a str {
@@ -239,6 +251,13 @@ fn parts(ws: &Workspace) -> Result<(&Ec2Spec, WorkspaceStatus), BackendError> {
 impl Backend for Ec2Backend {
     fn runtime(&self) -> Runtime {
         Runtime::Ec2
+    }
+
+    /// The regions EC2 event hints name (none without `--sqs-queue-url`).
+    fn changes(&self) -> Option<futures::stream::BoxStream<'static, Change>> {
+        use futures::StreamExt;
+        let hinted = self.hinted.lock().expect("hint stream lock").take()?;
+        Some(hinted.boxed())
     }
 
     fn source(&self) -> &'static str {
