@@ -865,11 +865,5 @@ fn main() -> ExitCode {
             ),
         );
     }
-    if v.failed {
-        println!("\nsome targets FAILED");
-        ExitCode::FAILURE
-    } else {
-        println!("\nall targets PASS");
-        ExitCode::SUCCESS
-    }
+    v.exit_code()
 }

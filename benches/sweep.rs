@@ -7,7 +7,8 @@
 //! fake Kubernetes API server.
 //!
 //! Flags: `--no-e2e` skips the end-to-end runs, `--e2e-runs N` changes their
-//! number (default 3).
+//! number (default 3, each once without and once with EC2 event hints),
+//! `--e2e-only` skips the simulated cases.
 
 #[path = "../tests/support/fake_kube.rs"]
 #[allow(dead_code)]
@@ -35,6 +36,8 @@ const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 const LATENCY_MS: u64 = 100;
 const E2E_WORKSPACES: usize = 20;
 const DETECTION_SLACK_SECS: f64 = 2.0;
+/// With EC2 event hints, from termination to Offline.
+const HINTED_DETECTION_SECS: f64 = 5.0;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -60,7 +63,145 @@ fn main() -> ExitCode {
     } else {
         e2e_runs
     };
+    if args.iter().any(|a| a == "--e2e-only") {
+        return e2e_only(e2e_runs.max(1));
+    }
     parent(e2e_runs)
+}
+
+/// Only the end-to-end runs and their detection targets.
+fn e2e_only(e2e_runs: usize) -> ExitCode {
+    println!("tend sweep benchmark, end to end only");
+    let (e2e_results, hinted_results) = run_e2e(e2e_runs);
+    println!("\n### Acceptance targets\n");
+    let mut v = Verdict { failed: false };
+    check_detection(&mut v, &e2e_results, &hinted_results);
+    v.exit_code()
+}
+
+/// The end-to-end runs, without and with EC2 event hints, and their tables.
+fn run_e2e(e2e_runs: usize) -> (Vec<e2e::E2eResult>, Vec<e2e::E2eResult>) {
+    let mut e2e_results = Vec::new();
+    let mut hinted_results = Vec::new();
+    if e2e_runs > 0 {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        for run in 1..=e2e_runs {
+            eprintln!("end-to-end run {run}/{e2e_runs} ...");
+            e2e_results.push(runtime.block_on(e2e::run(E2E_WORKSPACES, false)));
+        }
+        for run in 1..=e2e_runs {
+            eprintln!("end-to-end run with hints {run}/{e2e_runs} ...");
+            hinted_results.push(runtime.block_on(e2e::run(E2E_WORKSPACES, true)));
+        }
+        println!(
+            "\n### End to end: real controller, fake API server, moto; {E2E_WORKSPACES} Workspaces, --sweep-interval {} (real time)\n",
+            e2e::SWEEP_INTERVAL
+        );
+        println!(
+            "| run | all Online after (s) | steady window: sweeps / status PATCHes / reconciles / DescribeInstances / other EC2 calls | terminate → left Online (s) | first phase seen | Offline written | terminate → Online again (s) |"
+        );
+        println!("|---:|---:|---|---:|---|---|---:|");
+        for (i, r) in e2e_results.iter().enumerate() {
+            println!(
+                "| {} | {:.1} | {} / {} / {} / {} / {} | {:.2} | {} | {} | {:.2} |",
+                i + 1,
+                r.all_online_secs,
+                r.steady_sweeps,
+                r.steady_status_writes,
+                r.steady_reconciles,
+                r.steady_describe_calls,
+                r.steady_other_ec2_calls,
+                r.detect_secs,
+                r.detected_phase,
+                if r.offline_written { "yes" } else { "no" },
+                r.recover_secs,
+            );
+        }
+        println!(
+            "\n### End to end with EC2 event hints: {E2E_WORKSPACES} Workspaces, --sweep-interval {}, the state-change message queued in moto's SQS right after the termination\n",
+            e2e::HINTED_SWEEP_INTERVAL
+        );
+        println!(
+            "| run | terminate → left Online (s) | first phase seen | Offline written | terminate → Online again (s) |"
+        );
+        println!("|---:|---:|---|---|---:|");
+        for (i, r) in hinted_results.iter().enumerate() {
+            println!(
+                "| {} | {:.2} | {} | {} | {:.2} |",
+                i + 1,
+                r.detect_secs,
+                r.detected_phase,
+                if r.offline_written { "yes" } else { "no" },
+                r.recover_secs,
+            );
+        }
+    }
+
+    (e2e_results, hinted_results)
+}
+
+/// How soon a death was noticed end to end, without and with hints.
+fn check_detection(
+    v: &mut Verdict,
+    e2e_results: &[e2e::E2eResult],
+    hinted_results: &[e2e::E2eResult],
+) {
+    if e2e_results.is_empty() {
+        println!(
+            "SKIP detection within the sweep interval + {DETECTION_SLACK_SECS} s (end to end skipped)"
+        );
+    } else {
+        let bound = e2e::SWEEP_INTERVAL_SECS + DETECTION_SLACK_SECS;
+        let worst = e2e_results
+            .iter()
+            .map(|r| r.detect_secs)
+            .fold(0.0, f64::max);
+        let all: Vec<String> = e2e_results
+            .iter()
+            .map(|r| format!("{:.2}", r.detect_secs))
+            .collect();
+        v.check(
+            e2e_results
+                .iter()
+                .all(|r| r.detect_secs <= bound && r.offline_written),
+            &format!("detection <= sweep interval + {DETECTION_SLACK_SECS} s = {bound} s"),
+            format!(
+                "worst {worst:.2} s over {} runs ({} s)",
+                e2e_results.len(),
+                all.join(", ")
+            ),
+        );
+    }
+    if hinted_results.is_empty() {
+        println!("SKIP detection with hints under {HINTED_DETECTION_SECS} s (end to end skipped)");
+    } else {
+        let worst = hinted_results
+            .iter()
+            .map(|r| r.detect_secs)
+            .fold(0.0, f64::max);
+        let all: Vec<String> = hinted_results
+            .iter()
+            .map(|r| format!("{:.2}", r.detect_secs))
+            .collect();
+        v.check(
+            hinted_results
+                .iter()
+                .all(|r| r.detect_secs < HINTED_DETECTION_SECS && r.offline_written),
+            &format!(
+                "with EC2 event hints, termination to Offline under {HINTED_DETECTION_SECS} s (sweeps {} apart)",
+                e2e::HINTED_SWEEP_INTERVAL
+            ),
+            format!(
+                "worst {worst:.2} s over {} runs ({} s)",
+                hinted_results.len(),
+                all.join(", ")
+            ),
+        );
+    }
 }
 
 /// Runs one case in a child process and reads its one-line result.
@@ -211,42 +352,7 @@ fn parent(e2e_runs: usize) -> ExitCode {
         );
     }
 
-    let mut e2e_results = Vec::new();
-    if e2e_runs > 0 {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        for run in 1..=e2e_runs {
-            eprintln!("end-to-end run {run}/{e2e_runs} ...");
-            e2e_results.push(runtime.block_on(e2e::run(E2E_WORKSPACES)));
-        }
-        println!(
-            "\n### End to end: real controller, fake API server, moto; {E2E_WORKSPACES} Workspaces, --sweep-interval {} (real time)\n",
-            e2e::SWEEP_INTERVAL
-        );
-        println!(
-            "| run | all Online after (s) | steady window: sweeps / status PATCHes / reconciles / DescribeInstances / other EC2 calls | terminate → left Online (s) | first phase seen | Offline written | terminate → Online again (s) |"
-        );
-        println!("|---:|---:|---|---:|---|---|---:|");
-        for (i, r) in e2e_results.iter().enumerate() {
-            println!(
-                "| {} | {:.1} | {} / {} / {} / {} / {} | {:.2} | {} | {} | {:.2} |",
-                i + 1,
-                r.all_online_secs,
-                r.steady_sweeps,
-                r.steady_status_writes,
-                r.steady_reconciles,
-                r.steady_describe_calls,
-                r.steady_other_ec2_calls,
-                r.detect_secs,
-                r.detected_phase,
-                if r.offline_written { "yes" } else { "no" },
-                r.recover_secs,
-            );
-        }
-    }
+    let (e2e_results, hinted_results) = run_e2e(e2e_runs);
 
     println!("\n### Acceptance targets\n");
     let mut v = Verdict { failed: false };
@@ -323,37 +429,6 @@ fn parent(e2e_runs: usize) -> ExitCode {
             batched.sweep_secs, batched.answered, batched.case.n
         ),
     );
-    if e2e_results.is_empty() {
-        println!(
-            "SKIP detection within the sweep interval + {DETECTION_SLACK_SECS} s (end to end skipped)"
-        );
-    } else {
-        let bound = e2e::SWEEP_INTERVAL_SECS + DETECTION_SLACK_SECS;
-        let worst = e2e_results
-            .iter()
-            .map(|r| r.detect_secs)
-            .fold(0.0, f64::max);
-        let all: Vec<String> = e2e_results
-            .iter()
-            .map(|r| format!("{:.2}", r.detect_secs))
-            .collect();
-        v.check(
-            e2e_results
-                .iter()
-                .all(|r| r.detect_secs <= bound && r.offline_written),
-            &format!("detection <= sweep interval + {DETECTION_SLACK_SECS} s = {bound} s"),
-            format!(
-                "worst {worst:.2} s over {} runs ({} s)",
-                e2e_results.len(),
-                all.join(", ")
-            ),
-        );
-    }
-    if v.failed {
-        println!("\nsome targets FAILED");
-        ExitCode::FAILURE
-    } else {
-        println!("\nall targets PASS");
-        ExitCode::SUCCESS
-    }
+    check_detection(&mut v, &e2e_results, &hinted_results);
+    v.exit_code()
 }

@@ -33,4 +33,15 @@ impl Verdict {
         println!("{} {target}: {measured}", if ok { "PASS" } else { "FAIL" });
         self.failed |= !ok;
     }
+
+    /// Says whether every target passed, and exits accordingly.
+    pub fn exit_code(&self) -> std::process::ExitCode {
+        if self.failed {
+            println!("\nsome targets FAILED");
+            std::process::ExitCode::FAILURE
+        } else {
+            println!("\nall targets PASS");
+            std::process::ExitCode::SUCCESS
+        }
+    }
 }

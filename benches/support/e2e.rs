@@ -18,6 +18,9 @@ use crate::moto::Moto;
 const NS: &str = "default";
 pub const SWEEP_INTERVAL: &str = "5s";
 pub const SWEEP_INTERVAL_SECS: f64 = 5.0;
+/// With EC2 event hints the sweep is left at tend's default, so that a
+/// detection well inside it is the hint's doing.
+pub const HINTED_SWEEP_INTERVAL: &str = "60s";
 const WAIT: Duration = Duration::from_secs(180);
 
 /// The controller's flags. Everything not named here is tend's default
@@ -29,8 +32,6 @@ pub const FLAGS: &[&str] = &[
     NS,
     "--region",
     "us-east-1",
-    "--sweep-interval",
-    SWEEP_INTERVAL,
     // Only speeds up provisioning and replacement steps against moto, whose
     // state changes are instant.
     "--progress-interval",
@@ -99,16 +100,37 @@ async fn wait_sweeps(metrics: &Metrics, n: u64) {
     }
 }
 
-pub async fn run(workspaces: usize) -> E2eResult {
+/// One end-to-end run. With `hinted`, tend reads EC2 event hints from a moto
+/// queue, the sweep runs at [`HINTED_SWEEP_INTERVAL`], and the termination is
+/// followed at once by the state-change message EventBridge would send.
+pub async fn run(workspaces: usize, hinted: bool) -> E2eResult {
     let kube = FakeApiServer::start().await;
     let moto = Moto::start().await;
     let proxy = FaultProxy::start(moto.url()).await;
     let (subnet, _zone) = moto.default_subnet(None).await;
     let ami = moto.some_ami().await;
+    let queue = if hinted {
+        Some(moto.queue("tend-ec2-events").await)
+    } else {
+        None
+    };
     let mut flags: Vec<&str> = FLAGS.to_vec();
     flags.extend(["--ec2-endpoint", proxy.url()]);
+    match &queue {
+        Some(url) => flags.extend([
+            "--sweep-interval",
+            HINTED_SWEEP_INTERVAL,
+            "--sqs-queue-url",
+            url,
+        ]),
+        None => flags.extend(["--sweep-interval", SWEEP_INTERVAL]),
+    }
     let args = RunArgs::from_flags(flags).expect("bench flags parse");
     let ec2 = tend::tune(Moto::ec2_config_for(proxy.url()), &args).build();
+    let aws = tend::Aws {
+        ec2,
+        sqs: queue.as_ref().map(|_| moto.sqs_config()),
+    };
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let controller = {
@@ -118,7 +140,7 @@ pub async fn run(workspaces: usize) -> E2eResult {
             tend::run_controller(
                 &args,
                 client,
-                ec2,
+                aws,
                 metrics,
                 Default::default(),
                 async move {
@@ -144,26 +166,39 @@ pub async fn run(workspaces: usize) -> E2eResult {
     .await;
     let all_online_secs = created.elapsed().as_secs_f64();
 
-    // Let the sweeper see every one of them at least twice, then count.
-    wait_sweeps(&metrics, 2).await;
-    kube.clear_requests();
-    proxy.clear_log();
-    let sweeps_before = sweeps(&metrics);
-    let reconciles_before = metric(&metrics, "tend_reconciles_total");
-    wait_sweeps(&metrics, 4).await;
-    let steady_sweeps = sweeps(&metrics) - sweeps_before;
-    let steady_reconciles = metric(&metrics, "tend_reconciles_total") - reconciles_before;
-    let steady_status_writes = kube
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PATCH" && r.path.ends_with("/status"))
-        .count();
-    let log = proxy.call_log();
-    let steady_describe_calls = log
-        .iter()
-        .filter(|c| c.action == "DescribeInstances")
-        .count();
-    let steady_other_ec2_calls = log.len() - steady_describe_calls;
+    // Let the sweeper see every one of them at least twice, then count. A
+    // hinted run has minute-long sweeps and measures only the detection.
+    let (
+        steady_sweeps,
+        steady_reconciles,
+        steady_status_writes,
+        steady_describe_calls,
+        steady_other_ec2_calls,
+    ) = if hinted {
+        (0, 0, 0, 0, 0)
+    } else {
+        wait_sweeps(&metrics, 2).await;
+        kube.clear_requests();
+        proxy.clear_log();
+        let sweeps_before = sweeps(&metrics);
+        let reconciles_before = metric(&metrics, "tend_reconciles_total");
+        wait_sweeps(&metrics, 4).await;
+        let log = proxy.call_log();
+        let describes = log
+            .iter()
+            .filter(|c| c.action == "DescribeInstances")
+            .count();
+        (
+            sweeps(&metrics) - sweeps_before,
+            metric(&metrics, "tend_reconciles_total") - reconciles_before,
+            kube.requests()
+                .iter()
+                .filter(|r| r.method == "PATCH" && r.path.ends_with("/status"))
+                .count(),
+            describes,
+            log.len() - describes,
+        )
+    };
 
     // Kill one instance behind tend's back.
     let victim = format!("ws-{:02}", workspaces / 2);
@@ -174,6 +209,24 @@ pub async fn run(workspaces: usize) -> E2eResult {
     kube.clear_requests();
     moto.terminate(&old_instance).await;
     let killed = Instant::now();
+    if let Some(url) = &queue {
+        let hint = serde_json::json!({
+            "version": "0",
+            "id": format!("bench-{old_instance}"),
+            "detail-type": "EC2 Instance State-change Notification",
+            "source": "aws.ec2",
+            "region": "us-east-1",
+            "resources": [],
+            "detail": {"instance-id": old_instance, "state": "terminated"},
+        });
+        moto.sqs()
+            .send_message()
+            .queue_url(url)
+            .message_body(hint.to_string())
+            .send()
+            .await
+            .expect("moto queues the hint");
+    }
     let victim_path = path(&victim);
     kube.wait_for(WAIT, "the victim to leave Online", |k| {
         k.get_object(&victim_path).is_some_and(|w| {
