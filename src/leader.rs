@@ -12,7 +12,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
+use kube::api::Api;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -84,44 +86,43 @@ pub async fn campaign(
         return;
     };
     step(&leading, false, &lease, &ready, &metrics);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
     loop {
-        let changed = tokio::select! {
+        let leads = *leading.borrow();
+        let failed = tokio::select! {
             _ = stop.cancelled() => break,
-            changed = manager.changed() => changed,
-        };
-        match changed {
-            Ok(now) => {
-                retry.reset();
-                if now {
-                    info!(lease = %lease.name, identity = %lease.identity, "leading: this replica reconciles and sweeps");
-                } else if *leading.borrow() {
-                    warn!(lease = %lease.name, "lost the Lease to another replica; stopped acting");
-                }
-                step(&leading, now, &lease, &ready, &metrics);
-            }
-            Err(e) => {
-                if *leading.borrow() {
-                    warn!(lease = %lease.name, error = %e, "cannot renew the Lease; stopped acting until it is held again");
-                } else {
-                    warn!(lease = %lease.name, error = %e, "cannot read the Lease");
-                }
-                step(&leading, false, &lease, &ready, &metrics);
-                ready.set_role(Role::LeaseUnreachable);
-                // Not knowing whether it still holds the Lease, this replica
-                // gives it up before it competes again.
-                while let Err(e) = manager.release().await {
-                    warn!(lease = %lease.name, error = %e, "cannot give up the Lease yet");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = retry.wait() => {}
+            changed = manager.changed() => match changed {
+                Ok(now) => {
+                    retry.reset();
+                    if now {
+                        info!(lease = %lease.name, identity = %lease.identity, "leading: this replica reconciles and sweeps");
+                    } else if leads {
+                        warn!(lease = %lease.name, "lost the Lease to another replica; stopped acting");
                     }
+                    step(&leading, now, &lease, &ready, &metrics);
+                    continue;
                 }
-                ready.set_role(Role::Standby);
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = retry.wait() => {}
-                }
+                Err(e) if leads => format!("cannot renew the Lease: {e}"),
+                Err(e) => format!("cannot read the Lease: {e}"),
+            },
+            why = lapse(&leases, &lease), if leads => why,
+        };
+        warn!(lease = %lease.name, "{failed}; not acting until the Lease is held again");
+        step(&leading, false, &lease, &ready, &metrics);
+        ready.set_role(Role::LeaseUnreachable);
+        // Not knowing whether it still holds the Lease, this replica gives it
+        // up before it competes again.
+        while let Err(e) = manager.release().await {
+            warn!(lease = %lease.name, error = %e, "cannot give up the Lease yet");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = retry.wait() => {}
             }
+        }
+        ready.set_role(Role::Standby);
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = retry.wait() => {}
         }
     }
     step(&leading, false, &lease, &ready, &metrics);
@@ -129,6 +130,42 @@ pub async fn campaign(
         Ok(()) => info!(lease = %lease.name, "gave up the Lease"),
         Err(e) => {
             warn!(lease = %lease.name, error = %e, "could not give up the Lease; it expires on its own")
+        }
+    }
+}
+
+/// Watches the leader's own Lease, independently of the renewals: resolves,
+/// saying why, once the Lease cannot be read, names another holder, or has
+/// gone unrenewed until less than half the renew margin is left. Renewals
+/// that keep failing without an error (conflicts retried inside the Lease
+/// manager) would otherwise let a leader act on past its Lease.
+async fn lapse(leases: &Api<Lease>, lease: &LeaseSettings) -> String {
+    let margin = lease.renew_margin();
+    loop {
+        tokio::time::sleep(margin / 4).await;
+        let read =
+            match tokio::time::timeout(lease.request_timeout(), leases.get(&lease.name)).await {
+                Ok(Ok(read)) => read,
+                Ok(Err(e)) => return format!("cannot read the Lease: {e}"),
+                Err(_) => return "reading the Lease timed out".into(),
+            };
+        let spec = read.spec.unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(lease.identity.as_str()) {
+            return format!(
+                "the Lease names {} as its holder",
+                spec.holder_identity.as_deref().unwrap_or("no one")
+            );
+        }
+        let renewed = spec.renew_time.map(|t| t.0);
+        let held_for = spec
+            .lease_duration_seconds
+            .map(|s| jiff::SignedDuration::from_secs(i64::from(s)));
+        let (Some(renewed), Some(held_for)) = (renewed, held_for) else {
+            return "the Lease has no renewal time or duration".into();
+        };
+        let left = (renewed + held_for).duration_since(jiff::Timestamp::now());
+        if left < jiff::SignedDuration::try_from(margin / 2).unwrap_or_default() {
+            return format!("the Lease went unrenewed; {left:#} were left of it");
         }
     }
 }

@@ -316,3 +316,33 @@ async fn sigterm_mid_sweep_exits_cleanly_and_gives_up_the_lease() {
     assert!(sent_at.elapsed() < shutdown_timeout + DURATION);
     assert_eq!(holder(&rig).await, None, "the Lease was given up");
 }
+
+/// Renewals answered 409 `Conflict`, as a real server answers a write that lost a race:
+/// the Lease manager retries them quietly, and the Lease runs out meanwhile. The leader
+/// watches its own Lease and stops acting before it could pass to another replica.
+#[tokio::test]
+async fn a_leader_whose_renewals_keep_conflicting_stops_before_its_lease_runs_out() {
+    let rig = rig().await;
+    let a = rig.replica("tend-a");
+    rig.kube
+        .wait_for(Duration::from_secs(10), "a to lead", |_| a.leads())
+        .await;
+    rig.kube.inject_failure(Failure::new(
+        "PATCH",
+        &format!("/leases/{LEASE}"),
+        409,
+        "Conflict",
+        usize::MAX,
+    ));
+    let leases: Api<Lease> = Api::namespaced(rig.kube.client(), NS);
+    let last = leases.get(LEASE).await.unwrap().spec.unwrap();
+    let expires = last.renew_time.unwrap().0
+        + jiff::SignedDuration::from_secs(i64::from(last.lease_duration_seconds.unwrap()));
+    rig.kube
+        .wait_for(DURATION, "a to stop leading", |_| !a.leads())
+        .await;
+    assert!(
+        jiff::Timestamp::now() < expires,
+        "a still acted when its Lease ran out at {expires}"
+    );
+}
