@@ -47,6 +47,12 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    phase: &'static str,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LeaseLabels {
     lease: String,
 }
@@ -80,6 +86,7 @@ pub struct Metrics {
     last_sweep_completed: Gauge<f64, AtomicU64>,
     sweep_overdue: Gauge,
     leader: Family<LeaseLabels, Gauge>,
+    workspaces: Family<StateLabels, Gauge>,
     hints: Family<OutcomeLabels, Counter>,
     hint_receive_errors: Counter,
 }
@@ -104,6 +111,7 @@ impl Default for Metrics {
             last_sweep_completed: Gauge::default(),
             sweep_overdue: Gauge::default(),
             leader: Family::default(),
+            workspaces: Family::default(),
             hints: Family::default(),
             hint_receive_errors: Counter::default(),
             registry: Registry::default(),
@@ -183,6 +191,11 @@ impl Default for Metrics {
             "leader",
             "Under leader election, 1 while this replica holds the Lease and acts, else 0",
             m.leader.clone(),
+        );
+        r.register(
+            "workspaces",
+            "Workspaces in the cache at the last full sweep, by phase and Ready reason",
+            m.workspaces.clone(),
         );
         r.register(
             "ec2_hints",
@@ -298,6 +311,31 @@ impl Metrics {
             .set(i64::from(leads));
     }
 
+    /// Counts the Workspaces by phase and `Ready` reason, replacing the last
+    /// count (a state no Workspace is in any more disappears).
+    pub fn workspaces<'a>(&self, all: impl Iterator<Item = &'a crate::api::Workspace>) {
+        let mut counts: std::collections::HashMap<StateLabels, i64> = Default::default();
+        for ws in all {
+            let status = ws.status.as_ref();
+            let labels = StateLabels {
+                phase: status.and_then(|s| s.phase).map_or("", Phase::as_str),
+                reason: status
+                    .and_then(|s| {
+                        s.conditions
+                            .iter()
+                            .find(|c| c.type_ == crate::api::condition::READY)
+                    })
+                    .map(|c| c.reason.clone())
+                    .unwrap_or_default(),
+            };
+            *counts.entry(labels).or_default() += 1;
+        }
+        self.workspaces.clear();
+        for (labels, n) in counts {
+            self.workspaces.get_or_create(&labels).set(n);
+        }
+    }
+
     pub fn hint(&self, outcome: &'static str) {
         self.hints.get_or_create(&OutcomeLabels { outcome }).inc();
     }
@@ -328,6 +366,14 @@ mod tests {
         m.reconciled(None);
         m.leading("tend", true);
         m.hint("handled");
+        let ws: crate::api::Workspace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tend.dev/v1alpha1",
+            "kind": "Workspace",
+            "metadata": {"name": "dev"},
+            "spec": {"runtime": "external", "external": {}},
+        }))
+        .unwrap();
+        m.workspaces(std::iter::once(&ws));
         m.transition(Phase::Online);
         m.observed(&Observation::Running);
         m.backend_error(Runtime::Ec2, "RunInstances", ErrorKind::Throttled);
@@ -346,6 +392,42 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    #[test]
+    fn workspaces_are_counted_by_phase_and_ready_reason_afresh_each_time() {
+        let ws = |phase: Phase, reason: &str| -> crate::api::Workspace {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "tend.dev/v1alpha1",
+                "kind": "Workspace",
+                "metadata": {"name": "w"},
+                "spec": {"runtime": "external", "external": {}},
+                "status": {"phase": phase.as_str(), "conditions": [{
+                    "type": "Ready", "status": "False", "reason": reason, "message": "",
+                    "lastTransitionTime": "2026-12-02T10:00:00Z",
+                }]},
+            }))
+            .unwrap()
+        };
+        let m = Metrics::default();
+        let failed = ws(Phase::Failed, "CrashLoop");
+        let online = ws(Phase::Online, "Online");
+        m.workspaces([&failed, &failed, &online].into_iter());
+        let text = m.encode();
+        assert!(
+            text.contains("tend_workspaces{phase=\"Failed\",reason=\"CrashLoop\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tend_workspaces{phase=\"Online\",reason=\"Online\"} 1"),
+            "{text}"
+        );
+        m.workspaces([&online].into_iter());
+        let text = m.encode();
+        assert!(
+            !text.contains("CrashLoop"),
+            "a state no Workspace is in goes: {text}"
+        );
     }
 
     #[test]

@@ -457,12 +457,16 @@ impl Sweeper {
     pub async fn sweep_once(&self, scope: &Scope) -> SweepReport {
         let started = tokio::time::Instant::now();
         let previous = self.published.borrow().clone();
-        let in_scope: Vec<Target> = self
-            .store
-            .state()
+        let workspaces = self.store.state();
+        if matches!(scope, Scope::All) {
+            self.metrics
+                .workspaces(workspaces.iter().map(|ws| ws.as_ref()));
+        }
+        let in_scope: Vec<Target> = workspaces
             .iter()
             .filter_map(|ws| target(ws, &self.backends))
             .collect();
+        drop(workspaces);
         let mut swept: Vec<&Target> = in_scope.iter().filter(|t| scope.covers(t)).collect();
         fair_order(&mut swept, &previous, self.settings.max_per_sweep);
 

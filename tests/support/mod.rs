@@ -10,3 +10,4 @@ pub mod manifests;
 pub mod moto;
 pub mod paths;
 pub mod rig;
+pub mod tools;
