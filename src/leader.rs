@@ -15,7 +15,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::Api;
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -71,8 +71,8 @@ pub fn default_identity() -> String {
 }
 
 /// Campaigns for the Lease until `stop`, publishing on `leading` whether this
-/// replica may act. On `stop` it gives the Lease up, so that another replica
-/// takes over at once rather than after the Lease expires.
+/// replica may act. On `stop` it gives the Lease up, so that a standby may
+/// take it at its next look.
 pub async fn campaign(
     client: Client,
     lease: LeaseSettings,
@@ -82,14 +82,14 @@ pub async fn campaign(
     metrics: Arc<Metrics>,
 ) {
     let mut retry = Backoff::new(lease.renew_margin());
-    let Some(manager) = connect(&client, &lease, &stop, &ready, &mut retry).await else {
+    let Some(mut manager) = connect(&client, &lease, &stop, &ready, &mut retry).await else {
         return;
     };
     step(&leading, false, &lease, &ready, &metrics);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
     loop {
         let leads = *leading.borrow();
-        let failed = tokio::select! {
+        let (failed, release) = tokio::select! {
             _ = stop.cancelled() => break,
             changed = manager.changed() => match changed {
                 Ok(now) => {
@@ -102,21 +102,42 @@ pub async fn campaign(
                     step(&leading, now, &lease, &ready, &metrics);
                     continue;
                 }
-                Err(e) if leads => format!("cannot renew the Lease: {e}"),
-                Err(e) => format!("cannot read the Lease: {e}"),
+                Err(e) if leads => (format!("cannot renew the Lease: {e}"), true),
+                Err(e) => (format!("cannot read the Lease: {e}"), true),
             },
-            why = lapse(&leases, &lease), if leads => why,
+            lapsed = lapse(&leases, &lease), if leads => match lapsed {
+                // Another replica holds it: giving it up would take it from them.
+                Lapse::Lost(why) => (why, false),
+                Lapse::Unsure(why) => (why, true),
+            },
         };
         warn!(lease = %lease.name, "{failed}; not acting until the Lease is held again");
         step(&leading, false, &lease, &ready, &metrics);
         ready.set_role(Role::LeaseUnreachable);
         // Not knowing whether it still holds the Lease, this replica gives it
         // up before it competes again.
-        while let Err(e) = manager.release().await {
-            warn!(lease = %lease.name, error = %e, "cannot give up the Lease yet");
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = retry.wait() => {}
+        if release {
+            loop {
+                match give_up(&manager).await {
+                    Ok(()) => break,
+                    Err(Released::Gone) => {
+                        // Deleted under it: a new manager creates it again.
+                        warn!(lease = %lease.name, "the Lease is gone; creating it again");
+                        let Some(fresh) = connect(&client, &lease, &stop, &ready, &mut retry).await
+                        else {
+                            return;
+                        };
+                        manager = fresh;
+                        break;
+                    }
+                    Err(Released::Failed(e)) => {
+                        warn!(lease = %lease.name, "cannot give up the Lease yet: {e}");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = retry.wait() => {}
+                        }
+                    }
+                }
             }
         }
         ready.set_role(Role::Standby);
@@ -126,47 +147,100 @@ pub async fn campaign(
         }
     }
     step(&leading, false, &lease, &ready, &metrics);
-    match manager.release().await {
+    match give_up(&manager).await {
         Ok(()) => info!(lease = %lease.name, "gave up the Lease"),
-        Err(e) => {
-            warn!(lease = %lease.name, error = %e, "could not give up the Lease; it expires on its own")
+        Err(Released::Gone) => {}
+        Err(Released::Failed(e)) => {
+            warn!(lease = %lease.name, "could not give up the Lease; it expires on its own: {e}")
         }
     }
 }
 
-/// Watches the leader's own Lease, independently of the renewals: resolves,
-/// saying why, once the Lease cannot be read, names another holder, or has
-/// gone unrenewed until less than half the renew margin is left. Renewals
-/// that keep failing without an error (conflicts retried inside the Lease
-/// manager) would otherwise let a leader act on past its Lease.
-async fn lapse(leases: &Api<Lease>, lease: &LeaseSettings) -> String {
+/// Why the Lease could not be given up.
+enum Released {
+    /// It does not exist (any more).
+    Gone,
+    Failed(String),
+}
+
+/// Gives the Lease up if this replica holds it. The Lease manager panics on
+/// a conflict answered to its release; that is a failed attempt here.
+async fn give_up(manager: &LeaseManager) -> Result<(), Released> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(manager.release())
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(LeaseManagerError::NonexistentLease(_))) => Err(Released::Gone),
+        Ok(Err(e)) => Err(Released::Failed(e.to_string())),
+        Err(_) => Err(Released::Failed("the release met a conflict".into())),
+    }
+}
+
+/// Why a leader stopped trusting its Lease.
+enum Lapse {
+    /// Another replica holds it.
+    Lost(String),
+    /// It may still be held by this replica, or by no one.
+    Unsure(String),
+}
+
+/// Watches the leader's own Lease, independently of the renewals, and
+/// resolves, saying why, once the Lease names another holder, cannot be
+/// read, or has gone unrenewed until less than half the renew margin is
+/// left. The last renewal read sets a deadline on the local clock, so a read
+/// that hangs cannot keep a leader acting past it. Renewals that keep failing
+/// without an error (conflicts retried inside the Lease manager) would
+/// otherwise let a leader act on past its Lease.
+async fn lapse(leases: &Api<Lease>, lease: &LeaseSettings) -> Lapse {
     let margin = lease.renew_margin();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut first = true;
     loop {
-        tokio::time::sleep(margin / 4).await;
-        let read =
-            match tokio::time::timeout(lease.request_timeout(), leases.get(&lease.name)).await {
-                Ok(Ok(read)) => read,
-                Ok(Err(e)) => return format!("cannot read the Lease: {e}"),
-                Err(_) => return "reading the Lease timed out".into(),
-            };
+        let read = async {
+            if !first {
+                tokio::time::sleep(margin / 8).await;
+            }
+            tokio::time::timeout(margin / 8, leases.get(&lease.name)).await
+        };
+        let read = tokio::select! {
+            () = sleep_until(deadline) => {
+                return Lapse::Unsure("the Lease went unrenewed".into());
+            }
+            read = read => read,
+        };
+        first = false;
+        let read = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => return Lapse::Unsure(format!("cannot read the Lease: {e}")),
+            Err(_) => return Lapse::Unsure("reading the Lease timed out".into()),
+        };
         let spec = read.spec.unwrap_or_default();
         if spec.holder_identity.as_deref() != Some(lease.identity.as_str()) {
-            return format!(
+            return Lapse::Lost(format!(
                 "the Lease names {} as its holder",
                 spec.holder_identity.as_deref().unwrap_or("no one")
-            );
+            ));
         }
-        let renewed = spec.renew_time.map(|t| t.0);
-        let held_for = spec
-            .lease_duration_seconds
-            .map(|s| jiff::SignedDuration::from_secs(i64::from(s)));
-        let (Some(renewed), Some(held_for)) = (renewed, held_for) else {
-            return "the Lease has no renewal time or duration".into();
+        let (Some(renewed), Some(held_for)) = (spec.renew_time, spec.lease_duration_seconds) else {
+            return Lapse::Unsure("the Lease has no renewal time or duration".into());
         };
-        let left = (renewed + held_for).duration_since(jiff::Timestamp::now());
-        if left < jiff::SignedDuration::try_from(margin / 2).unwrap_or_default() {
-            return format!("the Lease went unrenewed; {left:#} were left of it");
+        let expires = renewed.0 + jiff::SignedDuration::from_secs(i64::from(held_for));
+        let left = expires.duration_since(jiff::Timestamp::now())
+            - jiff::SignedDuration::try_from(margin / 2).unwrap_or_default();
+        match std::time::Duration::try_from(left) {
+            Ok(left) if !left.is_zero() => deadline = Some(tokio::time::Instant::now() + left),
+            _ => return Lapse::Unsure("the Lease went unrenewed".into()),
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -171,10 +171,12 @@ pub async fn run_replica(
         }
         let mut watching = leading.clone();
         tokio::select! {
-            () = term() => break,
+            // Leadership first: a term is never polled again once it is lost.
+            biased;
             _ = watching.wait_for(|l| !*l) => {
                 warn!(lease = %lease.name, "stopped reconciling and sweeping: no longer the leader");
             }
+            () = term() => break,
         }
     }
     stop_campaign.cancel();

@@ -346,3 +346,26 @@ async fn a_leader_whose_renewals_keep_conflicting_stops_before_its_lease_runs_ou
         "a still acted when its Lease ran out at {expires}"
     );
 }
+
+/// The Lease deleted under a running leader (by hand, or with its namespace's
+/// cleanup): the leader stops acting, the Lease is created again, and a replica leads.
+#[tokio::test]
+async fn a_deleted_lease_is_created_again_and_held() {
+    let rig = rig().await;
+    let a = rig.replica("tend-a");
+    rig.kube
+        .wait_for(Duration::from_secs(10), "a to lead", |_| a.leads())
+        .await;
+    let leases: Api<Lease> = Api::namespaced(rig.kube.client(), NS);
+    leases
+        .delete(LEASE, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    rig.kube
+        .wait_for(DURATION, "a to stop leading", |_| !a.leads())
+        .await;
+    rig.kube
+        .wait_for(4 * DURATION, "a to lead again", |_| a.leads())
+        .await;
+    assert_eq!(holder(&rig).await.as_deref(), Some("tend-a"));
+}

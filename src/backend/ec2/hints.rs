@@ -150,8 +150,8 @@ pub enum Outcome {
     /// About an instance no Workspace records.
     Foreign,
     Duplicate,
-    /// Not handled yet (the warning could not be published): kept in the
-    /// queue, to come back.
+    /// The early sweep was asked for but the warning could not be
+    /// published: kept in the queue, to come back.
     Retry,
 }
 
@@ -191,6 +191,15 @@ impl Hints {
         let mut seen = Remembered::default();
         let mut failing = false;
         let mut pause = Duration::from_secs(1);
+        // A message read before the Workspaces are known would be taken for
+        // a foreign one and dropped.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            ready = self.store.wait_until_ready() => if ready.is_err() {
+                warn!("the Workspace cache was dropped before it was ready; not reading EC2 event hints");
+                return;
+            },
+        }
         info!(queue = %self.queue_url, "reading EC2 event hints");
         loop {
             let received = tokio::select! {
@@ -294,6 +303,8 @@ impl Hints {
             seen.insert(hint.id);
             return Outcome::Foreign;
         };
+        info!(instance = %hint.instance, region = %hint.region, hint = ?hint.kind, "EC2 event hint: looking at the region now");
+        let _ = self.changes.unbounded_send(Change::At(hint.region.clone()));
         if let HintKind::SpotInterruption(action) = &hint.kind {
             let reference: ObjectReference = ws.object_ref(&());
             let event = Event {
@@ -306,13 +317,19 @@ impl Hints {
                 action: "Observe".into(),
                 secondary: None,
             };
-            if let Err(e) = self.recorder.publish(&event, &reference).await {
-                warn!(instance = %hint.instance, "could not record a spot interruption warning (it is retried): {e}");
+            let published =
+                tokio::time::timeout(self.call_timeout, self.recorder.publish(&event, &reference))
+                    .await;
+            let failed = match published {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("timed out".into()),
+            };
+            if let Some(why) = failed {
+                warn!(instance = %hint.instance, "could not record a spot interruption warning (the message comes back): {why}");
                 return Outcome::Retry;
             }
         }
-        info!(instance = %hint.instance, region = %hint.region, hint = ?hint.kind, "EC2 event hint: looking at the region now");
-        let _ = self.changes.unbounded_send(Change::At(hint.region.clone()));
         seen.insert(hint.id);
         Outcome::Handled
     }
