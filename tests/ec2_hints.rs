@@ -11,15 +11,19 @@ use support::checks::{has_condition, instance_of, published};
 use support::rig::{Rig, WAIT};
 use tend::api::Phase;
 
-/// A rig whose sweeps are a minute apart, reading hints from a fresh queue.
-async fn rig() -> (Rig, String) {
+/// A rig whose sweeps are a minute apart, reading hints from a fresh queue, with
+/// the ec2 Workspace `dev` Online: the rig, the queue's URL and the instance.
+async fn rig() -> (Rig, String, String) {
     let mut rig = Rig::new().await;
     let queue = rig.moto.queue("tend-events").await;
     rig.args.sqs_queue_url = Some(queue.clone());
     rig.args.sweep_interval = Duration::from_secs(60);
     rig.args.resync_interval = Duration::from_secs(600);
     rig.start_controller().await;
-    (rig, queue)
+    rig.create(&rig.ec2_workspace("dev")).await;
+    let online = rig.wait_phase("dev", Phase::Online).await;
+    let instance = instance_of(&online);
+    (rig, queue, instance)
 }
 
 fn event(id: &str, detail_type: &str, detail: serde_json::Value) -> String {
@@ -80,10 +84,7 @@ async fn wait_drained(rig: &Rig, queue: &str) {
 
 #[tokio::test]
 async fn a_termination_hint_heals_the_workspace_before_the_next_sweep() {
-    let (rig, queue) = rig().await;
-    rig.create(&rig.ec2_workspace("dev")).await;
-    let online = rig.wait_phase("dev", Phase::Online).await;
-    let first = instance_of(&online);
+    let (rig, queue, first) = rig().await;
     rig.wait_sweeps(1).await;
     let sweeps_before = rig.sweeps();
     rig.proxy.clear_log();
@@ -118,10 +119,7 @@ async fn a_termination_hint_heals_the_workspace_before_the_next_sweep() {
 
 #[tokio::test]
 async fn a_spot_interruption_warning_is_published_on_the_workspace() {
-    let (rig, queue) = rig().await;
-    rig.create(&rig.ec2_workspace("dev")).await;
-    let online = rig.wait_phase("dev", Phase::Online).await;
-    let instance = instance_of(&online);
+    let (rig, queue, instance) = rig().await;
 
     send(
         &rig,
@@ -174,10 +172,7 @@ async fn sentinel(rig: &Rig, queue: &str, instance: &str, n: u64) {
 
 #[tokio::test]
 async fn garbage_foreign_and_repeated_messages_cause_no_action() {
-    let (rig, queue) = rig().await;
-    rig.create(&rig.ec2_workspace("dev")).await;
-    let online = rig.wait_phase("dev", Phase::Online).await;
-    let instance = instance_of(&online);
+    let (rig, queue, instance) = rig().await;
     sentinel(&rig, &queue, &instance, 1).await;
     let sweeps_before = rig.sweeps();
     rig.proxy.clear_log();

@@ -26,13 +26,40 @@ async fn rig() -> Rig {
     rig
 }
 
+fn leases(rig: &Rig) -> Api<Lease> {
+    Api::namespaced(rig.kube.client(), NS)
+}
+
 async fn holder(rig: &Rig) -> Option<String> {
-    let leases: Api<Lease> = Api::namespaced(rig.kube.client(), NS);
-    leases
-        .get_opt(LEASE)
+    holder_of(rig, LEASE).await
+}
+
+async fn holder_of(rig: &Rig, lease: &str) -> Option<String> {
+    leases(rig)
+        .get_opt(lease)
         .await
         .unwrap()
         .and_then(|l| l.spec?.holder_identity)
+}
+
+/// Starts the replica `tend-a` alone and waits until it leads.
+async fn lone_leader(rig: &Rig) -> Replica {
+    let a = rig.replica("tend-a");
+    rig.kube
+        .wait_for(Duration::from_secs(10), "a to lead", |_| a.leads())
+        .await;
+    a
+}
+
+/// Every renewal (any patch of the Lease) from now on is answered so.
+fn fail_renewals(rig: &Rig, status: u16, reason: &str) {
+    rig.kube.inject_failure(Failure::new(
+        "PATCH",
+        &format!("/leases/{LEASE}"),
+        status,
+        reason,
+        usize::MAX,
+    ));
 }
 
 /// Users that wrote to Workspaces (their status, their finalizers) or to EC2-bound
@@ -57,12 +84,7 @@ fn workspace_writers(rig: &Rig) -> Vec<String> {
 
 /// Sweeps a replica has finished.
 fn sweeps(replica: &Replica) -> u64 {
-    replica
-        .metrics
-        .encode()
-        .lines()
-        .find_map(|l| l.strip_prefix("tend_sweep_duration_seconds_count "))
-        .map_or(0, |n| n.trim().parse().unwrap())
+    replica.metric("tend_sweep_duration_seconds_count")
 }
 
 /// Waits until exactly one of the replicas leads, and returns which.
@@ -131,10 +153,7 @@ async fn exactly_one_replica_acts_and_another_takes_over_when_it_is_killed() {
 #[tokio::test]
 async fn a_stopped_leader_gives_up_the_lease() {
     let rig = rig().await;
-    let a = rig.replica("tend-a");
-    rig.kube
-        .wait_for(Duration::from_secs(10), "a to lead", |_| a.leads())
-        .await;
+    let a = lone_leader(&rig).await;
     let b = rig.replica("tend-b");
     rig.kube
         .wait_for(Duration::from_secs(10), "b to stand by", |_| {
@@ -166,17 +185,8 @@ async fn a_stopped_leader_gives_up_the_lease() {
 #[tokio::test]
 async fn a_leader_that_cannot_renew_stops_acting_within_the_lease_duration() {
     let rig = rig().await;
-    let a = rig.replica("tend-a");
-    rig.kube
-        .wait_for(Duration::from_secs(10), "a to lead", |_| a.leads())
-        .await;
-    rig.kube.inject_failure(Failure::new(
-        "PATCH",
-        &format!("/leases/{LEASE}"),
-        500,
-        "InternalError",
-        usize::MAX,
-    ));
+    let a = lone_leader(&rig).await;
+    fail_renewals(&rig, 500, "InternalError");
     rig.kube
         .wait_for(DURATION, "a to stop leading", |_| !a.leads())
         .await;
@@ -228,29 +238,16 @@ async fn two_shards_each_handle_only_their_own_workspaces() {
         }
     }
     // Each shard's sweep covers its own Workspaces only.
-    let in_scope = |r: &Replica| {
-        r.metrics
-            .encode()
-            .lines()
-            .find_map(|l| l.strip_prefix("tend_sweep_objects_in_scope "))
-            .map(|n| n.trim().parse::<u64>().unwrap())
-    };
+    let in_scope = |r: &Replica| r.metric("tend_sweep_objects_in_scope");
     rig.kube
         .wait_for(
             Duration::from_secs(10),
             "each shard's sweep to see its own",
-            |_| in_scope(&a) == Some(2) && in_scope(&b) == Some(1),
+            |_| in_scope(&a) == 2 && in_scope(&b) == 1,
         )
         .await;
-    let leases: Api<Lease> = Api::namespaced(rig.kube.client(), NS);
     for (lease, holder) in [("tend-shard-a", "tend-a"), ("tend-shard-b", "tend-b")] {
-        let held = leases
-            .get(lease)
-            .await
-            .unwrap()
-            .spec
-            .and_then(|s| s.holder_identity);
-        assert_eq!(held.as_deref(), Some(holder));
+        assert_eq!(holder_of(&rig, lease).await.as_deref(), Some(holder));
     }
 }
 
@@ -323,19 +320,9 @@ async fn sigterm_mid_sweep_exits_cleanly_and_gives_up_the_lease() {
 #[tokio::test]
 async fn a_leader_whose_renewals_keep_conflicting_stops_before_its_lease_runs_out() {
     let rig = rig().await;
-    let a = rig.replica("tend-a");
-    rig.kube
-        .wait_for(Duration::from_secs(10), "a to lead", |_| a.leads())
-        .await;
-    rig.kube.inject_failure(Failure::new(
-        "PATCH",
-        &format!("/leases/{LEASE}"),
-        409,
-        "Conflict",
-        usize::MAX,
-    ));
-    let leases: Api<Lease> = Api::namespaced(rig.kube.client(), NS);
-    let last = leases.get(LEASE).await.unwrap().spec.unwrap();
+    let a = lone_leader(&rig).await;
+    fail_renewals(&rig, 409, "Conflict");
+    let last = leases(&rig).get(LEASE).await.unwrap().spec.unwrap();
     let expires = last.renew_time.unwrap().0
         + jiff::SignedDuration::from_secs(i64::from(last.lease_duration_seconds.unwrap()));
     rig.kube
@@ -352,12 +339,8 @@ async fn a_leader_whose_renewals_keep_conflicting_stops_before_its_lease_runs_ou
 #[tokio::test]
 async fn a_deleted_lease_is_created_again_and_held() {
     let rig = rig().await;
-    let a = rig.replica("tend-a");
-    rig.kube
-        .wait_for(Duration::from_secs(10), "a to lead", |_| a.leads())
-        .await;
-    let leases: Api<Lease> = Api::namespaced(rig.kube.client(), NS);
-    leases
+    let a = lone_leader(&rig).await;
+    leases(&rig)
         .delete(LEASE, &kube::api::DeleteParams::default())
         .await
         .unwrap();

@@ -46,10 +46,26 @@ impl Replica {
         let _ = self.task.await;
     }
 
+    /// A series of its metrics; see [`Rig::metric`].
+    pub fn metric(&self, series: &str) -> u64 {
+        series_value(&self.metrics, series)
+    }
+
     /// Whether it holds the Lease (with leader election) and acts.
     pub fn leads(&self) -> bool {
         self.ready.role() == tend::health::Role::Leader
     }
+}
+
+/// The value of the series named exactly so (name and labels), 0 before it
+/// first counts.
+fn series_value(metrics: &Metrics, series: &str) -> u64 {
+    metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 pub struct Rig {
@@ -209,12 +225,7 @@ impl Rig {
     /// A counter of the running controller: the value of the series named
     /// exactly so (name and labels), 0 before it first counts.
     pub fn metric(&self, series: &str) -> u64 {
-        self.metrics
-            .encode()
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0)
+        series_value(&self.metrics, series)
     }
 
     /// Sweeps the running controller has finished, read from its metrics.
