@@ -7,36 +7,26 @@ mod support;
 use std::process::Command;
 
 use support::paths::project_path;
+use support::tools::run;
 
 const TAG: &str = "localhost/tend:image-test";
 
 fn buildah(args: &[&str]) -> String {
-    let out = Command::new("buildah")
-        .arg("--storage-driver")
-        .arg("vfs")
-        .args(args)
-        .output()
-        .expect("buildah runs (the build script installs it)");
-    assert!(
-        out.status.success(),
-        "buildah {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    run(
+        Command::new("buildah")
+            .args(["--storage-driver", "vfs"])
+            .args(args),
+        &format!("buildah {args:?}"),
+    )
 }
 
 #[test]
 fn the_image_runs_tend_version_as_a_non_root_user() {
-    let built = Command::new("sh")
-        .arg(project_path("scripts/build-image.sh"))
-        .args(["--binary", env!("CARGO_BIN_EXE_tend"), "--tag", TAG])
-        .output()
-        .expect("the build script runs");
-    assert!(
-        built.status.success(),
-        "building the image failed: {}{}",
-        String::from_utf8_lossy(&built.stdout),
-        String::from_utf8_lossy(&built.stderr)
+    run(
+        Command::new("sh")
+            .arg(project_path("scripts/build-image.sh"))
+            .args(["--binary", env!("CARGO_BIN_EXE_tend"), "--tag", TAG]),
+        "building the image",
     );
 
     let config = buildah(&[

@@ -18,16 +18,11 @@ fn yaml(path: &str) -> Value {
 
 fn promtool(args: &[&str]) {
     support::tools::ensure("promtool", "prometheus");
-    let out = Command::new("promtool")
-        .args(args)
-        .current_dir(project_path(""))
-        .output()
-        .expect("promtool runs");
-    assert!(
-        out.status.success(),
-        "promtool {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    support::tools::run(
+        Command::new("promtool")
+            .args(args)
+            .current_dir(project_path("")),
+        &format!("promtool {args:?}"),
     );
 }
 

@@ -7,17 +7,13 @@ use serde_json::Value;
 
 /// What `kubectl kustomize DIR` renders, DIR relative to the checkout.
 pub fn kustomize(dir: &str) -> Vec<Value> {
-    let rendered = Command::new("kubectl")
-        .args(["kustomize", dir])
-        .current_dir(super::paths::project_path(""))
-        .output()
-        .expect("kubectl runs (it renders the kustomizations)");
-    assert!(
-        rendered.status.success(),
-        "kubectl kustomize {dir} failed: {}",
-        String::from_utf8_lossy(&rendered.stderr)
+    let rendered = super::tools::run(
+        Command::new("kubectl")
+            .args(["kustomize", dir])
+            .current_dir(super::paths::project_path("")),
+        &format!("kubectl kustomize {dir}"),
     );
-    documents(&String::from_utf8(rendered.stdout).expect("kustomize writes UTF-8"))
+    documents(&rendered)
 }
 
 /// Every document of a multi-document YAML text.

@@ -1,4 +1,5 @@
-//! Programs a test needs from Debian's packages, installed when missing.
+//! Programs a test runs: installed from Debian's packages when missing, and run
+//! to their end.
 
 use std::process::Command;
 
@@ -33,4 +34,21 @@ pub fn ensure(program: &str, package: &str) {
         installed && on_path(program),
         "{program} is missing and installing the Debian package {package} failed"
     );
+}
+
+/// Runs `command` to its end and returns what it printed on stdout; panics,
+/// saying `what` failed and showing both outputs, when it cannot start or exits
+/// with an error.
+pub fn run(command: &mut Command, what: &str) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("{what}: output is not UTF-8: {e}"))
 }
