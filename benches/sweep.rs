@@ -144,6 +144,20 @@ fn run_e2e(e2e_runs: usize) -> (Vec<e2e::E2eResult>, Vec<e2e::E2eResult>) {
     (e2e_results, hinted_results)
 }
 
+/// The worst detection time and every run's, for a PASS/FAIL line.
+fn detection_times(results: &[e2e::E2eResult]) -> String {
+    let worst = results.iter().map(|r| r.detect_secs).fold(0.0, f64::max);
+    let all: Vec<String> = results
+        .iter()
+        .map(|r| format!("{:.2}", r.detect_secs))
+        .collect();
+    format!(
+        "worst {worst:.2} s over {} runs ({} s)",
+        results.len(),
+        all.join(", ")
+    )
+}
+
 /// How soon a death was noticed end to end, without and with hints.
 fn check_detection(
     v: &mut Verdict,
@@ -156,37 +170,17 @@ fn check_detection(
         );
     } else {
         let bound = e2e::SWEEP_INTERVAL_SECS + DETECTION_SLACK_SECS;
-        let worst = e2e_results
-            .iter()
-            .map(|r| r.detect_secs)
-            .fold(0.0, f64::max);
-        let all: Vec<String> = e2e_results
-            .iter()
-            .map(|r| format!("{:.2}", r.detect_secs))
-            .collect();
         v.check(
             e2e_results
                 .iter()
                 .all(|r| r.detect_secs <= bound && r.offline_written),
             &format!("detection <= sweep interval + {DETECTION_SLACK_SECS} s = {bound} s"),
-            format!(
-                "worst {worst:.2} s over {} runs ({} s)",
-                e2e_results.len(),
-                all.join(", ")
-            ),
+            detection_times(e2e_results),
         );
     }
     if hinted_results.is_empty() {
         println!("SKIP detection with hints under {HINTED_DETECTION_SECS} s (end to end skipped)");
     } else {
-        let worst = hinted_results
-            .iter()
-            .map(|r| r.detect_secs)
-            .fold(0.0, f64::max);
-        let all: Vec<String> = hinted_results
-            .iter()
-            .map(|r| format!("{:.2}", r.detect_secs))
-            .collect();
         v.check(
             hinted_results
                 .iter()
@@ -195,11 +189,7 @@ fn check_detection(
                 "with EC2 event hints, termination to Offline under {HINTED_DETECTION_SECS} s (sweeps {} apart)",
                 e2e::HINTED_SWEEP_INTERVAL
             ),
-            format!(
-                "worst {worst:.2} s over {} runs ({} s)",
-                hinted_results.len(),
-                all.join(", ")
-            ),
+            detection_times(hinted_results),
         );
     }
 }
