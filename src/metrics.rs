@@ -314,24 +314,25 @@ impl Metrics {
     /// Counts the Workspaces by phase and `Ready` reason, replacing the last
     /// count (a state no Workspace is in any more disappears).
     pub fn workspaces<'a>(&self, all: impl Iterator<Item = &'a crate::api::Workspace>) {
-        let mut counts: std::collections::HashMap<StateLabels, i64> = Default::default();
+        let mut counts: std::collections::HashMap<(&'static str, &str), i64> = Default::default();
         for ws in all {
             let status = ws.status.as_ref();
-            let labels = StateLabels {
-                phase: status.and_then(|s| s.phase).map_or("", Phase::as_str),
-                reason: status
-                    .and_then(|s| {
-                        s.conditions
-                            .iter()
-                            .find(|c| c.type_ == crate::api::condition::READY)
-                    })
-                    .map(|c| c.reason.clone())
-                    .unwrap_or_default(),
-            };
-            *counts.entry(labels).or_default() += 1;
+            let phase = status.and_then(|s| s.phase).map_or("", Phase::as_str);
+            let reason = status
+                .and_then(|s| {
+                    s.conditions
+                        .iter()
+                        .find(|c| c.type_ == crate::api::condition::READY)
+                })
+                .map_or("", |c| c.reason.as_str());
+            *counts.entry((phase, reason)).or_default() += 1;
         }
         self.workspaces.clear();
-        for (labels, n) in counts {
+        for ((phase, reason), n) in counts {
+            let labels = StateLabels {
+                phase,
+                reason: reason.to_string(),
+            };
             self.workspaces.get_or_create(&labels).set(n);
         }
     }
